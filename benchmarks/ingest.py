@@ -1,0 +1,90 @@
+"""Ingest throughput on the real Pancreas-CT patient, next to a plain SimpleITK series read.
+
+    python benchmarks/ingest.py [MIRROR_OR_PANCREAS_DIR] [--repeats N]
+
+The path defaults to ``$GVAE_DATA_MIRROR`` or ``../shared/data`` beside the checkout. Prints
+slices/s (best and median of N) for: our series read (DICOM -> int16 HU + affine), the whole
+per-case ingest (hash + read + label + two gzipped NIfTI files), and SimpleITK's
+``ImageSeriesReader`` (GDCM) reading the same files, with the ratios to SimpleITK.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import SimpleITK as sitk
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from pipeline.io.dicom_read import list_files, read_series  # noqa: E402
+from pipeline.stages.ingest import ingest_case  # noqa: E402
+
+
+def find_pancreas(arg: str | None) -> Path:
+    """Resolve the ``pancreas_ct`` folder from an argument, ``$GVAE_DATA_MIRROR`` or default."""
+    root = Path(arg or os.environ.get("GVAE_DATA_MIRROR") or REPO.parent / "shared" / "data")
+    for candidate in (root, root / "pancreas_ct"):
+        if (candidate / "Pancreas-CT").is_dir():
+            return candidate
+    raise SystemExit(f"{root}: no Pancreas-CT folder here or in pancreas_ct/")
+
+
+def timed(fn: Callable[[], object], repeats: int) -> list[float]:
+    """Run ``fn`` ``repeats`` times after one warm-up (page cache); return wall times in s."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def sitk_read(series_dir: Path) -> None:
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(series_dir)))
+    sitk.GetArrayViewFromImage(reader.Execute())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("path", nargs="?", help="data mirror or its pancreas_ct folder")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    src = find_pancreas(args.path)
+    case_dir = sorted(p for p in (src / "Pancreas-CT").iterdir() if p.is_dir())[0]
+    files = list_files(case_dir)
+    series_dir = files[0].parent
+    n = len(files)
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)  # same footing as one ingest worker
+
+    with tempfile.TemporaryDirectory() as tmp:
+        labels = src / "TCIA_pancreas_labels-02-05-2017"
+        results = {
+            "gvae read_series": timed(lambda: read_series(case_dir), args.repeats),
+            "gvae ingest case": timed(
+                lambda: ingest_case(case_dir, labels, Path(tmp), 0.05), args.repeats
+            ),
+            "SimpleITK read": timed(lambda: sitk_read(series_dir), args.repeats),
+        }
+    print(f"{case_dir.name}: {n} slices, best/median of {args.repeats} (1 thread each)")
+    ref = n / min(results["SimpleITK read"])
+    for name, times in results.items():
+        best, median = n / min(times), n / statistics.median(times)
+        print(
+            f"  {name:<18} {best:7.1f} slices/s best  {median:7.1f} median"
+            f"  ({min(times):.2f} s)  x{best / ref:.2f} of SimpleITK"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

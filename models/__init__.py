@@ -1,0 +1,1 @@
+"""Generative models, their losses, the registry and the one trainer."""

@@ -1,0 +1,230 @@
+"""``params.yaml`` parsed once into frozen pydantic models.
+
+Every section forbids unknown keys, so a misspelled key is an error that names the key and the
+file instead of a silent default. Stages receive the validated section they need.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_PARAMS = "params.yaml"
+
+
+class Frozen(BaseModel):
+    """Base for every params section: immutable, unknown keys rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ParamsError(ValueError):
+    """A params file is missing, unreadable or does not validate."""
+
+
+# ----------------------------------------------------------------------------- CT sections
+class PhantomParams(Frozen):
+    """Synthetic abdominal CT cohort written in the TCIA Pancreas-CT layout."""
+
+    cases: int = Field(8, ge=1, le=999)
+    seed: int = 0
+    slices: int = Field(48, ge=8, description="axial slices per case")
+    matrix: int = Field(256, ge=64, description="rows = columns of each DICOM image")
+    slice_thickness_mm: float = Field(2.5, gt=0)
+
+
+class IngestParams(Frozen):
+    """DICOM series + NIfTI labels -> HU volumes."""
+
+    images: str = "data/raw/phantom/Pancreas-CT"
+    labels: str = "data/raw/phantom/TCIA_pancreas_labels-02-05-2017"
+    workers: int = Field(2, ge=1)
+    strict: bool = False
+    # Relative tolerance on the spacing between consecutive slice positions; a gap larger
+    # than (1 + tol) * median spacing is reported as a missing slice.
+    slice_spacing_tolerance: float = Field(0.05, gt=0, lt=0.5)
+
+
+class WindowParams(Frozen):
+    """CT intensity window in Hounsfield units (abdominal soft tissue by default)."""
+
+    level: float = 40.0
+    width: float = Field(400.0, gt=0)
+
+
+class SplitParams(Frozen):
+    """Patient-level split: seeded fractions, or explicit case lists that override them."""
+
+    seed: int = 0
+    train: float = Field(0.6, ge=0, le=1)
+    val: float = Field(0.2, ge=0, le=1)
+    test: float = Field(0.2, ge=0, le=1)
+    cases: dict[str, list[str]] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> SplitParams:
+        if abs(self.train + self.val + self.test - 1.0) > 1e-6:
+            raise ValueError(f"split fractions must sum to 1, got {self.train + self.val + self.test}")
+        if self.cases is not None:
+            unknown = set(self.cases) - {"train", "val", "test"}
+            if unknown:
+                raise ValueError(f"split.cases has unknown split(s) {sorted(unknown)}")
+            seen: dict[str, str] = {}
+            for split, ids in self.cases.items():
+                for cid in ids:
+                    if cid in seen:
+                        raise ValueError(f"case {cid} is listed in both {seen[cid]} and {split}")
+                    seen[cid] = split
+        return self
+
+
+class SlicesParams(Frozen):
+    """Window, resample, crop and split the HU volumes into 2D training slices."""
+
+    window: WindowParams = WindowParams()
+    # Square field of view in mm; pixel size is fov_mm / size in every case.
+    fov_mm: float = Field(400.0, gt=0)
+    size: int = Field(64, ge=16)
+    negative_fraction: float = Field(0.1, ge=0, le=1)
+    shard_size: int = Field(512, ge=1)
+    seed: int = 0
+    split: SplitParams = SplitParams()
+
+    @field_validator("size")
+    @classmethod
+    def _pow2(cls, v: int) -> int:
+        if v & (v - 1):
+            raise ValueError(f"size must be a power of two, got {v}")
+        return v
+
+
+# ----------------------------------------------------------------------------- loading
+SECTIONS: dict[str, type[Frozen]] = {
+    "phantom": PhantomParams,
+    "ingest": IngestParams,
+    "slices": SlicesParams,
+}
+
+
+def _format_error(path: Path, section: str, exc: ValidationError) -> str:
+    lines = [f"{path}: invalid params"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in (section, *err["loc"]))
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  unknown key '{loc}'")
+        else:
+            lines.append(f"  {loc}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a params YAML file into a dict; raise ``ParamsError`` naming the file on failure."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError as exc:
+        raise ParamsError(f"{path}: params file not found") from exc
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML ({exc})") from exc
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: top level must be a mapping of sections")
+    return raw
+
+
+def load_section(path: str | os.PathLike, section: str, raw: dict[str, Any] | None = None) -> Any:
+    """Validate one section of ``path`` with its registered model and return it."""
+    path = Path(path)
+    raw = read_yaml(path) if raw is None else raw
+    _check_top_level(path, raw)
+    if section not in SECTIONS:
+        raise ParamsError(f"{path}: no such params section '{section}'")
+    resolved = resolve_profile(raw)
+    try:
+        return SECTIONS[section].model_validate(resolved.get(section) or {})
+    except ValidationError as exc:
+        raise ParamsError(_format_error(path, section, exc)) from None
+
+
+# Keys that are not sections: the profile switch and the paper profile's overrides.
+PROFILES = ("cpu", "paper")
+SPECIAL_KEYS = {"profile", "paper", "models"}
+
+
+def _check_top_level(path: Path, raw: dict[str, Any]) -> None:
+    # Every stage checks the top level, so a misspelled section is caught by whichever runs.
+    unknown = sorted(set(raw) - set(SECTIONS) - SPECIAL_KEYS)
+    if unknown:
+        raise ParamsError(f"{path}: unknown key(s) {', '.join(repr(k) for k in unknown)}")
+    bad_override = sorted(set(raw.get("paper") or {}) - set(SECTIONS) - {"models"})
+    if bad_override:
+        raise ParamsError(f"{path}: unknown key(s) under 'paper': {bad_override}")
+    if raw.get("profile", "cpu") not in PROFILES:
+        raise ParamsError(f"{path}: profile must be one of {PROFILES}, got {raw.get('profile')!r}")
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Return ``base`` with ``over`` merged in recursively (neither input is modified)."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            out[key] = deep_merge(base[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def resolve_profile(raw: dict[str, Any]) -> dict[str, Any]:
+    """Apply the ``paper`` overrides when ``profile: paper``; the one switch for GPU runs.
+
+    The default profile (``cpu``) is what the sections say; ``paper`` deep-merges the
+    ``paper:`` block (paper widths, latent 1000, batch 32, full epochs) over them.
+    """
+    sections = {k: v for k, v in raw.items() if k not in SPECIAL_KEYS}
+    if raw.get("profile", "cpu") == "paper":
+        return deep_merge(sections, raw.get("paper") or {})
+    return sections
+
+
+def load_params(path: str | os.PathLike = DEFAULT_PARAMS) -> dict[str, Any]:
+    """Parse and validate every section of ``path``; unknown top-level keys are errors."""
+    path = Path(path)
+    raw = read_yaml(path)
+    return {name: load_section(path, name, raw) for name in SECTIONS}
+
+
+def load_model_config(path: str | os.PathLike, name: str) -> Any:
+    """Validate ``models.<name>`` (profile applied) with the registry's config class for ``name``.
+
+    An unknown model name lists the valid ones; a misspelled key names ``models.<name>.<key>``.
+    """
+    from models.registry import config_class  # torch is imported only by stages that train
+
+    path = Path(path)
+    raw = read_yaml(path)
+    _check_top_level(path, raw)
+    resolved = resolve_profile(raw)
+    entries = resolved.get("models") or {}
+    if name not in entries:
+        raise ParamsError(f"{path}: no 'models.{name}' entry (have: {', '.join(sorted(entries))})")
+    try:
+        cls = config_class(name)
+    except (KeyError, ValueError) as exc:
+        raise ParamsError(f"{path}: models.{name}: {exc}") from None
+    try:
+        return cls.model_validate(entries[name] or {})
+    except ValidationError as exc:
+        raise ParamsError(_format_error(path, f"models.{name}", exc)) from None
+
+
+def load_params_models(path: str | os.PathLike) -> list[str]:
+    """Return the model names of the ``models`` section, in file order (the comparison rows)."""
+    path = Path(path)
+    raw = read_yaml(path)
+    _check_top_level(path, raw)
+    return list((resolve_profile(raw).get("models") or {}).keys())

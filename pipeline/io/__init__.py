@@ -1,0 +1,1 @@
+"""File formats: DICOM series, NIfTI volumes, IDX arrays, atomic writes."""

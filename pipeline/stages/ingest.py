@@ -1,0 +1,218 @@
+"""``gvae ingest``: TCIA Pancreas-CT DICOM series + NIfTI labels -> HU volumes + manifest.
+
+Input is TCIA's download layout, ``<images>/PANCREAS_NNNN/<study>/<series>/*.dcm`` with labels
+``<labels>/labelNNNN.nii.gz``. For each case this writes ``<out>/<case_id>/image.nii.gz``
+(int16 HU, RAS affine) and ``label.nii.gz`` (uint8, same grid), each case folder swapped in
+atomically, plus ``<out>/manifest.json``. A bad case becomes an "error" row naming the file and
+the problem and never stops the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import re
+import shutil
+import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from pipeline.cli import StageError
+from pipeline.config import IngestParams, load_section
+from pipeline.io.atomic import atomic_dir, write_json
+from pipeline.io.dicom_read import list_files, read_series
+from pipeline.io.nifti import align_label, load_label, write_nifti
+
+MANIFEST = "manifest.json"
+IMAGE_FILE = "image.nii.gz"
+LABEL_FILE = "label.nii.gz"
+_CASE_NUMBER = re.compile(r"(\d+)$")
+_HASH_CHUNK = 1 << 20
+
+
+# ----------------------------------------------------------------------------- pure helpers
+def label_path_for(case_id: str, labels_dir: Path) -> Path:
+    """Return the label file for ``case_id``: PANCREAS_NNNN pairs with labelNNNN.nii(.gz)."""
+    match = _CASE_NUMBER.search(case_id)
+    if match is None:
+        raise ValueError(f"{case_id}: case folder name has no trailing case number")
+    stem = f"label{match.group(1)}"
+    for suffix in (".nii.gz", ".nii"):
+        candidate = labels_dir / f"{stem}{suffix}"
+        if candidate.is_file():
+            return candidate
+    return labels_dir / f"{stem}.nii.gz"
+
+
+def source_sha256(case_dir: Path, files: list[Path], label: Path) -> str:
+    """Return the SHA-256 over (name, bytes) of the case's files in sorted order, label last.
+
+    Names are included so that a renamed or moved file changes the provenance hash too.
+    """
+    digest = hashlib.sha256()
+    entries = [(str(p.relative_to(case_dir)), p) for p in sorted(files)] + [(label.name, label)]
+    for name, path in entries:
+        digest.update(name.encode() + b"\0")
+        with open(path, "rb") as fh:
+            while chunk := fh.read(_HASH_CHUNK):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _row(case_id: str, **fields: Any) -> dict[str, Any]:
+    row = {
+        "case_id": case_id,
+        "status": "ok",
+        "error": None,
+        "shape": None,
+        "spacing": None,
+        "label_voxels": None,
+        "source_sha256": None,
+    }
+    row.update(fields)
+    return row
+
+
+# ----------------------------------------------------------------------------- one case
+def ingest_case(case_dir: Path, labels_dir: Path, out_dir: Path, tolerance: float) -> dict:
+    """Ingest one case folder; return its manifest row (never raises for bad input)."""
+    case_id = case_dir.name
+    digest = None
+    try:
+        label_file = label_path_for(case_id, labels_dir)
+        if not label_file.is_file():
+            raise ValueError(f"{label_file}: label file not found for case {case_id}")
+        digest = source_sha256(case_dir, list_files(case_dir), label_file)
+        hu, affine, meta = read_series(case_dir, tolerance)
+        raw_label, _ = load_label(label_file)
+        try:
+            label = align_label(raw_label, meta.instance_numbers, hu.shape)
+        except ValueError as exc:
+            raise ValueError(f"{label_file}: {exc}") from exc
+        voxels = int(np.count_nonzero(label))
+        if voxels == 0:
+            raise ValueError(f"{label_file}: label has no non-zero voxels")
+        with atomic_dir(out_dir / case_id) as tmp:
+            write_nifti(tmp / IMAGE_FILE, hu, affine)
+            write_nifti(tmp / LABEL_FILE, label, affine)
+    except Exception as exc:  # noqa: BLE001 - any bad input must not stop the other cases
+        message = str(exc) if isinstance(exc, (ValueError, OSError)) else repr(exc)
+        # A stale folder from an earlier run would contradict the manifest.
+        shutil.rmtree(out_dir / case_id, ignore_errors=True)
+        return _row(case_id, status="error", error=message, source_sha256=digest)
+    return _row(
+        case_id,
+        shape=list(meta.shape),
+        spacing=[round(s, 6) for s in meta.spacing],
+        label_voxels=voxels,
+        source_sha256=digest,
+    )
+
+
+def _ingest_case_args(args: tuple[Path, Path, Path, float]) -> dict:
+    return ingest_case(*args)
+
+
+# ----------------------------------------------------------------------------- stage I/O
+def find_cases(images: Path) -> list[Path]:
+    """Return the case folders directly under ``images`` (non-hidden folders), sorted."""
+    if not images.is_dir():
+        raise StageError(f"{images}: images folder not found")
+    cases = sorted(p for p in images.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not cases:
+        raise StageError(f"{images}: no case folders (expected e.g. PANCREAS_0001/)")
+    return cases
+
+
+def _prepare_out(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PermissionError(f"{out_dir}: cannot create output folder ({exc.strerror})") from exc
+    probe = out_dir / ".ingest-write-probe"
+    try:
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise PermissionError(f"{out_dir}: output folder is not writable ({exc.strerror})") from exc
+
+
+def run(params: IngestParams, images: str | Path, labels: str | Path, out_dir: str | Path) -> list:
+    """Ingest every case under ``images``; write volumes and ``manifest.json`` to ``out_dir``.
+
+    Returns the manifest rows, sorted by case id. Bad cases are rows with status "error" and are
+    reported on stderr; a ``PermissionError`` naming ``out_dir`` is raised if it is not writable.
+    """
+    images, labels, out_dir = Path(images), Path(labels), Path(out_dir)
+    cases = find_cases(images)
+    _prepare_out(out_dir)
+    jobs = [(case, labels, out_dir, params.slice_spacing_tolerance) for case in cases]
+    rows: list[dict] = []
+    bar = tqdm(total=len(jobs), desc="ingest", unit="case", file=sys.stderr)
+    with bar:
+        if params.workers == 1 or len(jobs) == 1:
+            for job in jobs:
+                _collect(_ingest_case_args(job), rows, bar)
+        else:
+            with ProcessPoolExecutor(max_workers=min(params.workers, len(jobs))) as pool:
+                futures = [pool.submit(_ingest_case_args, job) for job in jobs]
+                for future in as_completed(futures):
+                    _collect(future.result(), rows, bar)
+    rows.sort(key=lambda r: r["case_id"])
+    write_json(out_dir / MANIFEST, rows)
+    return rows
+
+
+def _collect(row: dict, rows: list[dict], bar: tqdm) -> None:
+    rows.append(row)
+    bar.update(1)
+    if row["status"] != "ok":
+        bar.write(f"ingest: {row['case_id']}: error: {row['error']}", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- CLI
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``gvae ingest`` options; unset ones fall back to the params ``ingest`` section."""
+    parser.add_argument("--images", help="TCIA image folder holding PANCREAS_NNNN/ case folders")
+    parser.add_argument("--labels", help="folder holding labelNNNN.nii.gz files")
+    parser.add_argument("--out", required=True, help="output folder (one subfolder per case)")
+    parser.add_argument("--workers", type=int, help="worker processes (1 = in-process)")
+    parser.add_argument(
+        "--strict",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="exit non-zero if any case failed (good cases and manifest are still written)",
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the stage from parsed CLI arguments; return the exit code."""
+    params: IngestParams = load_section(args.params, "ingest")
+    overrides = {
+        key: value
+        for key, value in {
+            "images": args.images,
+            "labels": args.labels,
+            "workers": args.workers,
+            "strict": args.strict,
+        }.items()
+        if value is not None
+    }
+    try:
+        params = IngestParams.model_validate({**params.model_dump(), **overrides})
+    except ValueError as exc:
+        raise StageError(f"invalid option: {exc}") from None
+    rows = run(params, params.images, params.labels, args.out)
+    failed = [r["case_id"] for r in rows if r["status"] != "ok"]
+    print(
+        f"ingest: {len(rows) - len(failed)} of {len(rows)} case(s) written to {args.out}",
+        file=sys.stderr,
+    )
+    if failed and params.strict:
+        print(f"ingest: --strict: failed case(s): {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,34 @@
+"""Shared fixtures.
+
+Real-data tests read the public data mirror: ``$GVAE_DATA_MIRROR`` or ``../shared/data`` beside
+the checkout. When ``GVAE_REQUIRE_REAL_DATA=1`` (CI sets it) a missing mirror is a failure, not
+a skip, so a real-data test can never silently stand in for a feature.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def data_mirror() -> Path | None:
+    """Return the mirror folder if it exists, else ``None``."""
+    env = os.environ.get("GVAE_DATA_MIRROR")
+    candidate = Path(env) if env else REPO.parent / "shared" / "data"
+    return candidate if candidate.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def real_data_dir() -> Path:
+    """The data mirror (MNIST, Fashion-MNIST, Pancreas-CT); skip or fail when absent."""
+    mirror = data_mirror()
+    if mirror is None:
+        msg = "data mirror not found: set GVAE_DATA_MIRROR or place it at ../shared/data"
+        if os.environ.get("GVAE_REQUIRE_REAL_DATA") == "1":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return mirror
