@@ -11,15 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from pipeline.params_base import Frozen
+from pipeline.params_eval import ClassifierParams, EvaluateParams, MnistParams
 
 DEFAULT_PARAMS = "params.yaml"
-
-
-class Frozen(BaseModel):
-    """Base for every params section: immutable, unknown keys rejected."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ParamsError(ValueError):
@@ -67,8 +64,9 @@ class SplitParams(Frozen):
 
     @model_validator(mode="after")
     def _check(self) -> SplitParams:
-        if abs(self.train + self.val + self.test - 1.0) > 1e-6:
-            raise ValueError(f"split fractions must sum to 1, got {self.train + self.val + self.test}")
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"split fractions must sum to 1, got {total}")
         if self.cases is not None:
             unknown = set(self.cases) - {"train", "val", "test"}
             if unknown:
@@ -107,6 +105,9 @@ SECTIONS: dict[str, type[Frozen]] = {
     "phantom": PhantomParams,
     "ingest": IngestParams,
     "slices": SlicesParams,
+    "mnist": MnistParams,
+    "classifier": ClassifierParams,
+    "evaluate": EvaluateParams,
 }
 
 

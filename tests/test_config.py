@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from pipeline.cli import main
 from pipeline.config import ParamsError, SlicesParams, SplitParams, load_params, load_section
@@ -43,7 +44,7 @@ def test_bad_value_is_rejected(tmp_path):
 
 def test_params_are_frozen():
     s = SlicesParams()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         s.size = 128  # type: ignore[misc]
 
 
@@ -57,8 +58,19 @@ def test_split_fractions_and_overlap():
 def test_cli_reports_params_error(tmp_path, capsys):
     p = tmp_path / "params.yaml"
     p.write_text("ingest:\n  wrokers: 3\n")
-    code = main(["ingest", "--params", str(p), "--images", str(tmp_path), "--labels",
-                 str(tmp_path), "--out", str(tmp_path / "out")])
+    code = main(
+        [
+            "ingest",
+            "--params",
+            str(p),
+            "--images",
+            str(tmp_path),
+            "--labels",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert code != 0
     err = capsys.readouterr().err
     assert "ingest.wrokers" in err and str(p) in err
