@@ -52,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     module_name, help_ = COMMANDS[command]
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=f"gvae {command}", description=help_)
-    parser.add_argument("--params", default=DEFAULT_PARAMS, help="params file (default: %(default)s)")
+    parser.add_argument(
+        "--params", default=DEFAULT_PARAMS, help="params file (default: %(default)s)"
+    )
     module.add_arguments(parser)
     args = parser.parse_args(argv[1:])
     try:

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from models.config import TrainConfig
 from pipeline.params_base import Frozen
 from pipeline.params_eval import ClassifierParams, EvaluateParams, MnistParams
 
@@ -108,6 +109,7 @@ SECTIONS: dict[str, type[Frozen]] = {
     "mnist": MnistParams,
     "classifier": ClassifierParams,
     "evaluate": EvaluateParams,
+    "train": TrainConfig,
 }
 
 
@@ -186,7 +188,7 @@ def resolve_profile(raw: dict[str, Any]) -> dict[str, Any]:
     The default profile (``cpu``) is what the sections say; ``paper`` deep-merges the
     ``paper:`` block (paper widths, latent 1000, batch 32, full epochs) over them.
     """
-    sections = {k: v for k, v in raw.items() if k not in SPECIAL_KEYS}
+    sections = {k: v for k, v in raw.items() if k not in ("profile", "paper")}
     if raw.get("profile", "cpu") == "paper":
         return deep_merge(sections, raw.get("paper") or {})
     return sections
@@ -199,12 +201,15 @@ def load_params(path: str | os.PathLike = DEFAULT_PARAMS) -> dict[str, Any]:
     return {name: load_section(path, name, raw) for name in SECTIONS}
 
 
-def load_model_config(path: str | os.PathLike, name: str) -> Any:
-    """Validate ``models.<name>`` (profile applied) with the registry's config class for ``name``.
+def load_model_config(path: str | os.PathLike, name: str) -> tuple[Any, Any]:
+    """Return ``(model_config, train_config)`` for ``models.<name>``, profile applied.
 
-    An unknown model name lists the valid ones; a misspelled key names ``models.<name>.<key>``.
+    A model entry is ``{model: {...}, train: {...}}``: ``model`` is validated by the registry's
+    config class for ``name``, ``train`` overrides the shared ``train`` section for this model
+    only (WGAN-GP's Adam betas, say). Unknown names list the valid ones; misspelled keys are
+    named as ``models.<name>.model.<key>``.
     """
-    from models.registry import config_class  # torch is imported only by stages that train
+    from models.registry import model_config  # torch is imported only by stages that train
 
     path = Path(path)
     raw = read_yaml(path)
@@ -213,14 +218,22 @@ def load_model_config(path: str | os.PathLike, name: str) -> Any:
     entries = resolved.get("models") or {}
     if name not in entries:
         raise ParamsError(f"{path}: no 'models.{name}' entry (have: {', '.join(sorted(entries))})")
+    entry = entries[name] or {}
+    unknown = sorted(set(entry) - {"model", "train"})
+    if unknown:
+        raise ParamsError(f"{path}: unknown key(s) {unknown} in models.{name} (model, train)")
     try:
-        cls = config_class(name)
+        model_cfg = model_config(name, entry.get("model") or {})
     except (KeyError, ValueError) as exc:
+        if isinstance(exc, ValidationError):
+            raise ParamsError(_format_error(path, f"models.{name}.model", exc)) from None
         raise ParamsError(f"{path}: models.{name}: {exc}") from None
+    train_raw = deep_merge(resolved.get("train") or {}, entry.get("train") or {})
     try:
-        return cls.model_validate(entries[name] or {})
+        train_cfg = SECTIONS["train"].model_validate(train_raw)
     except ValidationError as exc:
-        raise ParamsError(_format_error(path, f"models.{name}", exc)) from None
+        raise ParamsError(_format_error(path, f"models.{name}.train", exc)) from None
+    return model_cfg, train_cfg
 
 
 def load_params_models(path: str | os.PathLike) -> list[str]:

@@ -5,10 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 from pydantic import ValidationError
 
 from pipeline.cli import main
-from pipeline.config import ParamsError, SlicesParams, SplitParams, load_params, load_section
+from pipeline.config import (
+    ParamsError,
+    SlicesParams,
+    SplitParams,
+    load_model_config,
+    load_params,
+    load_params_models,
+    load_section,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,3 +83,54 @@ def test_cli_reports_params_error(tmp_path, capsys):
     assert code != 0
     err = capsys.readouterr().err
     assert "ingest.wrokers" in err and str(p) in err
+
+
+def test_every_compared_model_config_validates():
+    names = load_params_models(REPO / "params.yaml")
+    assert names == ["vae", "beta_vae", "wgan_gp", "vae_gan", "gvae"]
+    for name in names:
+        model_cfg, train_cfg = load_model_config(REPO / "params.yaml", name)
+        assert train_cfg.steps > 0 and model_cfg.latent_dim > 0
+    _, wgan_train = load_model_config(REPO / "params.yaml", "wgan_gp")
+    assert wgan_train.adam_betas == (0.0, 0.9)  # per-model override of the shared section
+
+
+def test_misspelled_model_key_is_named(tmp_path):
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["models"]["gvae"]["model"]["latnt_dim"] = 8
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ParamsError, match=r"models\.gvae\.model\.latnt_dim"):
+        load_model_config(p, "gvae")
+
+
+def test_model_missing_from_params_lists_present_ones(tmp_path):
+    with pytest.raises(ParamsError, match="no 'models.dcgan' entry.*gvae"):
+        load_model_config(REPO / "params.yaml", "dcgan")
+
+
+def test_paper_profile_is_one_switch(tmp_path):
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["profile"] = "paper"
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    model_cfg, train_cfg = load_model_config(p, "gvae")
+    assert model_cfg.latent_dim == 1000 and model_cfg.n_critic == 5
+    assert train_cfg.batch_size == 32 and train_cfg.lr == 1e-4
+    assert load_section(p, "slices").size == 128
+    cpu_model, _ = load_model_config(REPO / "params.yaml", "gvae")
+    assert cpu_model.latent_dim == 32
+
+
+def test_unknown_profile_and_override_rejected(tmp_path):
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["profile"] = "gpu"
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ParamsError, match="profile must be one of"):
+        load_section(p, "slices")
+    raw["profile"] = "paper"
+    raw["paper"]["slcies"] = {"size": 64}
+    p.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ParamsError, match="slcies"):
+        load_section(p, "slices")

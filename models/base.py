@@ -1,0 +1,152 @@
+"""The interface every generative model implements, and the likelihood helpers they share.
+
+The trainer only ever calls ``losses``, ``critic_loss``, ``generator_parameters``,
+``critic_parameters`` and ``decode``; evaluation calls ``sample``, ``encode``, ``forward`` and
+``log_px_given_z``. Images are (B, C, H, W) in [-1, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn import Parameter
+
+from models.config import NetConfig
+
+
+@dataclass
+class VAEOutput:
+    """What every VAE-like model returns; in eval mode ``z`` is ``mu`` (no sampling)."""
+
+    recon: Tensor  # (B, C, H, W) in [-1, 1]
+    mu: Tensor  # (B, latent)
+    logvar: Tensor  # (B, latent)
+    z: Tensor  # (B, latent)
+
+
+def check_geometry(channels: int, size: int) -> int:
+    """Validate ``channels``/``size`` and return the number of 2x stages from ``size`` to 4x4."""
+    if channels < 1:
+        raise ValueError(f"channels must be >= 1, got {channels}")
+    if size < 16 or size & (size - 1):
+        raise ValueError(f"size must be a power of two >= 16, got {size}")
+    return int(math.log2(size)) - 2
+
+
+def reparameterize(mu: Tensor, logvar: Tensor, training: bool) -> Tensor:
+    """z = mu + sigma * eps with eps ~ N(0, I) (Kingma & Welling 2014, eq. 4); ``mu`` in eval."""
+    if not training:
+        return mu
+    return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+
+
+def kl_standard_normal(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL(N(mu, diag(exp(logvar))) || N(0, I)) per sample, (B, latent) -> (B,).
+
+    Closed form of Kingma & Welling 2014, Appendix B (the negative of eq. 10's first term).
+    """
+    mu, logvar = mu.float(), logvar.float()
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=1)
+
+
+def log_likelihood(x: Tensor, recon: Tensor, likelihood: str, sigma: float) -> Tensor:
+    """log p(x | z) in nats, summed over channels and pixels: (B, C, H, W) x2 -> (B,).
+
+    ``bernoulli``: the customary MNIST convention -- targets (x + 1) / 2 in [0, 1] and mean
+    (recon + 1) / 2 clamped to [1e-6, 1 - 1e-6], i.e. binary cross-entropy on grey values
+    without the continuous-Bernoulli normaliser (Kingma & Welling 2014, Appendix C.1).
+    ``gaussian``: N(x; recon, sigma^2) per pixel (Appendix C.2 with fixed variance).
+    Computed in fp32 even under bf16 autocast.
+    """
+    x, recon = x.float(), recon.float()
+    if likelihood == "bernoulli":
+        target = (x + 1.0) / 2.0
+        p = ((recon + 1.0) / 2.0).clamp(1e-6, 1.0 - 1e-6)
+        ll = target * torch.log(p) + (1.0 - target) * torch.log1p(-p)
+    elif likelihood == "gaussian":
+        ll = -0.5 * ((x - recon) / sigma).pow(2) - math.log(sigma) - 0.5 * math.log(2 * math.pi)
+    else:
+        raise ValueError(f"unknown likelihood {likelihood!r}; valid: bernoulli, gaussian")
+    return ll.flatten(1).sum(dim=1)
+
+
+class GenerativeModel(nn.Module):
+    """Base of every registered model; subclasses build their networks and own their losses.
+
+    Attributes: ``name`` (registry name), ``config`` (validated pydantic config), ``channels``,
+    ``size``, ``latent_dim``, ``has_encoder``, ``has_critic`` and ``n_critic`` (critic updates
+    per encoder/generator update; 0 without a critic).
+    """
+
+    name: str = "base"
+    has_encoder: bool = False
+    has_critic: bool = False
+
+    def __init__(self, config: NetConfig, channels: int, size: int) -> None:
+        super().__init__()
+        self.n_stages = check_geometry(channels, size)
+        self.config = config
+        self.channels = channels
+        self.size = size
+        self.latent_dim = config.latent_dim
+        self.n_critic = int(getattr(config, "n_critic", 0)) if self.has_critic else 0
+
+    # ----------------------------------------------------------------- training interface
+    def losses(self, x: Tensor) -> dict[str, Tensor]:
+        """Encoder/generator losses for a batch (B, C, H, W); includes ``"total"``."""
+        raise NotImplementedError
+
+    def critic_loss(self, x: Tensor) -> dict[str, Tensor]:
+        """Critic losses for a batch; includes ``"total"``. Only for ``has_critic`` models."""
+        raise NotImplementedError(f"{self.name} has no critic")
+
+    def generator_parameters(self) -> Iterator[Parameter]:
+        """Parameters updated by the encoder/generator optimizer (everything but the critic)."""
+        critic = {id(p) for p in self.critic_parameters()}
+        return (p for p in self.parameters() if id(p) not in critic)
+
+    def critic_parameters(self) -> Iterator[Parameter]:
+        """Parameters updated by the critic optimizer (empty without a critic)."""
+        critic = getattr(self, "critic", None)
+        return iter(()) if critic is None else critic.parameters()
+
+    # ----------------------------------------------------------------- generation
+    def decode(self, z: Tensor) -> Tensor:
+        """Map latents to images: (B, latent) -> (B, C, H, W) in [-1, 1]."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Draw ``n`` images G(z), z ~ N(0, I): returns (n, C, H, W) in [-1, 1].
+
+        Runs in eval mode (no dropout, batch-norm running statistics) and restores the previous
+        mode, so sampling during training consumes no global random numbers.
+        """
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        device = next(self.parameters()).device
+        gen_device = generator.device if generator is not None else device
+        z = torch.randn(n, self.latent_dim, generator=generator, device=gen_device).to(device)
+        was_training = self.training
+        self.eval()
+        try:
+            return self.decode(z).float()
+        finally:
+            self.train(was_training)
+
+    # ----------------------------------------------------------------- encoder models only
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """q(z|x) parameters: (B, C, H, W) -> (mu, logvar), each (B, latent)."""
+        raise NotImplementedError(f"{self.name} has no encoder")
+
+    def forward(self, x: Tensor) -> VAEOutput:
+        """Encode, sample z (z = mu in eval mode) and decode."""
+        raise NotImplementedError(f"{self.name} has no encoder")
+
+    def log_px_given_z(self, x: Tensor, recon: Tensor) -> Tensor:
+        """log p(x|z) in nats summed over pixels, (B,), under the configured likelihood."""
+        return log_likelihood(x, recon, self.config.likelihood, self.config.sigma)

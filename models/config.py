@@ -1,0 +1,115 @@
+"""Validated configurations of the generative models and of the one trainer.
+
+Pure pydantic (no torch import), so ``params.yaml`` can be validated without loading a network.
+Every class forbids unknown keys and is frozen (see ``pipeline.config.Frozen``). The defaults
+are the small CPU profile (32x32, ~1500 steps in minutes); paper-scale values are noted beside
+each field and belong in ``params.yaml``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from pipeline.params_base import Frozen
+
+Likelihood = Literal["bernoulli", "gaussian"]
+# Critics never use batch norm: the WGAN-GP penalty is a per-sample gradient norm, and batch
+# norm makes each critic output depend on the whole batch (Gulrajani et al. 2017, section 4).
+CriticNorm = Literal["layer", "instance", "none"]
+
+
+class NetConfig(Frozen):
+    """Architecture shared by every model: ResNet stages scaled by ``width`` and depth.
+
+    The number of down/up-sampling stages is not configured: it follows from the image size
+    (every stage halves the resolution until 4x4).
+    """
+
+    latent_dim: int = Field(32, ge=1, description="size of z (GVAE paper, Table 5: 1000)")
+    width: int = Field(8, ge=1, description="channels of the full-resolution stem")
+    max_width: int = Field(64, ge=1, description="channel cap; width doubles per stage")
+    blocks_per_stage: int = Field(1, ge=1, description="residual blocks per resolution")
+    dropout: float = Field(0.3, ge=0.0, lt=1.0, description="GVAE paper: 30% dropout")
+    likelihood: Likelihood = "bernoulli"
+    sigma: float = Field(0.1, gt=0.0, description="pixel std of the gaussian likelihood")
+    critic_norm: CriticNorm = "layer"
+
+    @model_validator(mode="after")
+    def _widths(self) -> NetConfig:
+        if self.max_width < self.width:
+            raise ValueError(f"max_width ({self.max_width}) must be >= width ({self.width})")
+        return self
+
+
+class VAEConfig(NetConfig):
+    """VAE / beta-VAE: loss = -log p(x|z) + beta * KL (Higgins et al. 2017, eq. 4)."""
+
+    beta: float = Field(1.0, ge=0.0)
+
+
+class BetaVAEConfig(VAEConfig):
+    """beta-VAE defaults: the same model as the VAE with beta = 4 (Higgins et al. 2017)."""
+
+    beta: float = Field(4.0, ge=0.0)
+
+
+class WGANGPConfig(NetConfig):
+    """WGAN-GP (Gulrajani et al. 2017, Algorithm 1): n_critic = 5, lambda = 10."""
+
+    n_critic: int = Field(5, ge=1)
+    gp_weight: float = Field(10.0, ge=0.0)
+
+
+class VAEGANConfig(NetConfig):
+    """VAE/GAN (Larsen et al. 2016): feature-space reconstruction, eqs. 8-10.
+
+    ``feature_layer`` indexes the discriminator's stage outputs (negative counts from the
+    deepest); ``gamma`` weights the feature reconstruction in the decoder update (Algorithm 1).
+    """
+
+    n_critic: int = Field(1, ge=1, description="Larsen: one discriminator update per batch")
+    gamma: float = Field(1e-2, gt=0.0)
+    kl_weight: float = Field(1.0, ge=0.0)
+    feature_layer: int = -1
+
+
+class GVAEConfig(NetConfig):
+    """GVAE (Sagar 2020): VAE encoder + generator trained with a WGAN-GP critic."""
+
+    n_critic: int = Field(5, ge=1)
+    gp_weight: float = Field(10.0, ge=0.0)
+    rec_weight: float = Field(1.0, ge=0.0)
+    kl_weight: float = Field(1.0, ge=0.0)
+    adv_weight: float = Field(1.0, ge=0.0)
+
+
+class TrainConfig(Frozen):
+    """The one trainer's settings (``models.trainer.train``).
+
+    ``critic_lr``/``critic_betas`` default to ``lr``/``adam_betas``. WGAN-GP's paper values are
+    lr 1e-4 with betas (0, 0.9) for both networks; GVAE's are Adam, lr 1e-4, batch 32.
+    """
+
+    steps: int = Field(1500, ge=1, description="encoder/generator updates")
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-4, gt=0.0)
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    critic_lr: float | None = Field(None, gt=0.0)
+    critic_betas: tuple[float, float] | None = None
+    checkpoint_every: int = Field(500, ge=1)
+    sample_every: int = Field(500, ge=1)
+    log_every: int = Field(10, ge=1)
+    grid: int = Field(8, ge=1, description="sample PNGs show grid x grid images")
+    seed: int = 0
+    grad_clip: float | None = Field(None, gt=0.0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _betas(self) -> TrainConfig:
+        for name in ("adam_betas", "critic_betas"):
+            betas = getattr(self, name)
+            if betas is not None and not all(0.0 <= b < 1.0 for b in betas):
+                raise ValueError(f"{name} must lie in [0, 1), got {betas}")
+        return self

@@ -1,0 +1,291 @@
+"""The one trainer: every registered model goes through ``train``.
+
+Per step: ``n_critic`` critic updates (each on its own batch) for models with a critic, then one
+encoder/generator update. bf16 autocast on CUDA, fp32 on CPU. Checkpoints are atomic and hold
+everything needed to resume bit-for-bit on CPU: model and optimizer states, torch RNG states and
+the logged loss rows. Batch order is a pure function of (seed, batch index): each epoch's
+permutation comes from a ``torch.Generator`` seeded with (seed, epoch), so a resumed run draws
+exactly the batches an uninterrupted one would.
+
+A non-finite loss raises ``FloatingPointError`` naming the step and the loss term instead of
+skipping the batch: a skipped divergence silently hides a broken run, while the last good
+checkpoint is still on disk to inspect or resume from with other settings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from models.base import GenerativeModel
+from models.config import TrainConfig
+from models.grid import save_grid
+from models.registry import build_model
+from pipeline.io.atomic import atomic_path
+
+CHECKPOINT = "checkpoint.pt"
+LOSSES = "losses.csv"
+# Settings that change the trajectory; a resume must not change them.
+_RESUME_KEYS = ("seed", "batch_size", "lr", "adam_betas", "critic_lr", "critic_betas", "grad_clip")
+
+
+def resolve_device(device: str) -> torch.device:
+    """ "auto" -> CUDA when available, else CPU; "cuda" without CUDA is a ``ValueError``."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
+class BatchSampler:
+    """Batch ``i`` of a run is a pure function of (seed, i): epoch-wise seeded permutations."""
+
+    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+        if n < batch_size:
+            raise ValueError(f"need at least batch_size={batch_size} images, got {n}")
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.per_epoch = n // batch_size  # the incomplete last batch of an epoch is dropped
+        self._epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
+
+    def indices(self, i: int) -> torch.Tensor:
+        """Indices (batch_size,) of the i-th batch drawn in the run."""
+        epoch, pos = divmod(i, self.per_epoch)
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % 2**63)
+            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g)
+        return self._perm[pos * self.batch_size : (pos + 1) * self.batch_size]
+
+
+def _write_csv(dest: Path, rows: list[dict[str, float]]) -> None:
+    if not rows:
+        return
+    with atomic_path(dest) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _update(model, loss_fn, x, opt, params, cfg, amp, step: int, prefix: str) -> dict[str, float]:
+    """One optimizer step on ``loss_fn(x)["total"]``; returns the loss values as floats."""
+    with amp():
+        terms = loss_fn(x)
+    values = torch.stack([t.detach().float() for t in terms.values()]).tolist()  # one sync
+    logged = {f"{prefix}{k}": v for k, v in zip(terms, values, strict=True)}
+    for key, v in logged.items():
+        if not math.isfinite(v):
+            raise FloatingPointError(f"{model.name}: non-finite loss at step {step}: {key} = {v}")
+    opt.zero_grad(set_to_none=True)
+    terms["total"].backward()
+    if cfg.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    opt.step()
+    return logged
+
+
+def _check_data(model: GenerativeModel, data: torch.Tensor) -> None:
+    expected = (model.channels, model.size, model.size)
+    if data.ndim != 4 or tuple(data.shape[1:]) != expected:
+        raise ValueError(
+            f"data must be (N, {', '.join(map(str, expected))}), got {tuple(data.shape)}"
+        )
+    if not data.is_floating_point():
+        raise ValueError(f"data must be floating point in [-1, 1], got {data.dtype}")
+    lo, hi = data.min().item(), data.max().item()
+    if lo < -1.0 - 1e-4 or hi > 1.0 + 1e-4:
+        raise ValueError(f"data must lie in [-1, 1], got [{lo:.3f}, {hi:.3f}]")
+
+
+def _load_resume(path: Path, model: GenerativeModel, cfg: TrainConfig) -> dict[str, Any]:
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    mine = (model.name, model.config.model_dump(mode="json"), model.channels, model.size)
+    theirs = (ck["model_name"], ck["model_config"], ck["channels"], ck["size"])
+    if mine != theirs:
+        raise ValueError(f"{path}: checkpoint is for {theirs}, not the model given {mine}")
+    old = TrainConfig.model_validate(ck["train_config"])
+    changed = [k for k in _RESUME_KEYS if getattr(old, k) != getattr(cfg, k)]
+    if changed:
+        raise ValueError(f"{path}: cannot resume with changed train settings {changed}")
+    return ck
+
+
+def train(
+    model: GenerativeModel,
+    data: torch.Tensor,
+    cfg: TrainConfig,
+    out_dir: Path,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train ``model`` on ``data`` (N, C, H, W) in [-1, 1] for ``cfg.steps`` steps.
+
+    Writes ``out_dir/checkpoint.pt`` (every ``checkpoint_every`` steps and at the end),
+    ``out_dir/losses.csv`` (step + every loss term, every ``log_every`` steps; critic terms are
+    prefixed ``critic_``) and ``out_dir/samples/step-XXXXXX.png`` (fixed noise). With
+    ``resume=True`` and a checkpoint present, training continues from it (a missing checkpoint
+    starts afresh). The caller seeds model initialisation; the trainer seeds everything after.
+    Returns {"model", "device", "steps", "steps_run", "seconds", "step_s", "img_per_s",
+    "peak_memory_mb" (None on CPU), "final_losses"}. Raises ``FloatingPointError`` on a
+    non-finite loss (module docstring).
+    """
+    out_dir = Path(out_dir)
+    _check_data(model, data)
+    device = resolve_device(cfg.device)
+    amp = (
+        (lambda: torch.autocast("cuda", dtype=torch.bfloat16))
+        if device.type == "cuda"
+        else (contextlib.nullcontext)
+    )
+    model.to(device).train()
+    data = data.to(device)
+    gen_params = list(model.generator_parameters())
+    critic_params = list(model.critic_parameters())
+    gen_opt = torch.optim.Adam(gen_params, lr=cfg.lr, betas=cfg.adam_betas)
+    critic_opt = None
+    if model.has_critic:
+        critic_opt = torch.optim.Adam(
+            critic_params, lr=cfg.critic_lr or cfg.lr, betas=cfg.critic_betas or cfg.adam_betas
+        )
+
+    start, rows = 0, []
+    ck_path = out_dir / CHECKPOINT
+    if resume and ck_path.exists():
+        ck = _load_resume(ck_path, model, cfg)
+        model.load_state_dict(ck["model_state"])
+        gen_opt.load_state_dict(ck["gen_opt_state"])
+        if critic_opt is not None:
+            critic_opt.load_state_dict(ck["critic_opt_state"])
+        _set_rng_state(ck["rng"])
+        start, rows = ck["step"], [r for r in ck["loss_rows"] if r["step"] <= ck["step"]]
+    else:
+        torch.manual_seed(cfg.seed)
+
+    per_step = model.n_critic + 1 if model.has_critic else 1
+    sampler = BatchSampler(data.shape[0], cfg.batch_size, cfg.seed)
+    noise_gen = torch.Generator().manual_seed(cfg.seed)
+    fixed_z = torch.randn(cfg.grid**2, model.latent_dim, generator=noise_gen).to(device)
+
+    def save_checkpoint(step: int) -> None:
+        state = {
+            "model_name": model.name,
+            "model_config": model.config.model_dump(mode="json"),
+            "channels": model.channels,
+            "size": model.size,
+            "train_config": cfg.model_dump(mode="json"),
+            "step": step,
+            "model_state": model.state_dict(),
+            "gen_opt_state": gen_opt.state_dict(),
+            "critic_opt_state": critic_opt.state_dict() if critic_opt else None,
+            "rng": _rng_state(),
+            "loss_rows": rows,
+        }
+        with atomic_path(ck_path) as tmp:
+            torch.save(state, tmp)
+        _write_csv(out_dir / LOSSES, rows)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    logged: dict[str, float] = {}
+    bar = tqdm(
+        range(start, cfg.steps),
+        initial=start,
+        total=cfg.steps,
+        disable=not progress,
+        desc=model.name,
+        dynamic_ncols=True,
+    )
+    for s in bar:
+        step = s + 1
+        batch = iter(range(s * per_step, (s + 1) * per_step))
+        logged = {}
+        if model.has_critic:
+            for _ in range(model.n_critic):
+                x = data[sampler.indices(next(batch)).to(device)]
+                logged = _update(
+                    model,
+                    model.critic_loss,
+                    x,
+                    critic_opt,
+                    critic_params,
+                    cfg,
+                    amp,
+                    step,
+                    "critic_",
+                )
+            for p in critic_params:  # the generator step needs no critic gradients
+                p.requires_grad_(False)
+        try:
+            x = data[sampler.indices(next(batch)).to(device)]
+            logged = {
+                **_update(model, model.losses, x, gen_opt, gen_params, cfg, amp, step, ""),
+                **logged,
+            }
+        finally:
+            for p in critic_params:
+                p.requires_grad_(True)
+
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            rows.append({"step": step, **logged})
+            bar.set_postfix(total=f"{logged['total']:.4g}", refresh=False)
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            save_checkpoint(step)
+        if step % cfg.sample_every == 0 or step == cfg.steps:
+            model.eval()
+            with torch.no_grad(), amp():
+                grid = model.decode(fixed_z)
+            model.train()
+            save_grid(
+                grid.float().cpu().numpy(),
+                out_dir / "samples" / f"step-{step:06d}.png",
+                cfg.grid,
+                scale=1,
+            )
+    bar.close()
+    seconds = time.perf_counter() - t0
+    steps_run = max(cfg.steps - start, 0)
+    return {
+        "model": model.name,
+        "device": str(device),
+        "steps": max(cfg.steps, start),
+        "steps_run": steps_run,
+        "seconds": seconds,
+        "step_s": seconds / steps_run if steps_run else None,
+        "img_per_s": steps_run * per_step * cfg.batch_size / seconds if steps_run else None,
+        "peak_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20
+        if device.type == "cuda"
+        else None,
+        "final_losses": logged,
+    }
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> GenerativeModel:
+    """Rebuild the exact network stored in a trainer checkpoint; returned in eval mode.
+
+    The checkpoint's model name, validated config, channels and size go through
+    ``build_model``, so the architecture never depends on the current params file.
+    """
+    ck = torch.load(Path(path), map_location=map_location, weights_only=True)
+    model = build_model(ck["model_name"], ck["model_config"], ck["channels"], ck["size"])
+    model.load_state_dict(ck["model_state"])
+    return model.to(map_location).eval()

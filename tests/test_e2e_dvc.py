@@ -1,0 +1,87 @@
+"""One tiny end-to-end run of the whole DAG through ``dvc repro``, in a scratch repository.
+
+Checks the DVC contract too: a second ``dvc repro`` runs nothing, and changing only the window
+reruns only ``slices``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Tiny numbers for every section; everything else keeps the repository's params.yaml values.
+TINY = {
+    "phantom": {"cases": 5, "slices": 12, "matrix": 64, "slice_thickness_mm": 5.0},
+    "ingest": {"workers": 1},
+    "slices": {"size": 32, "shard_size": 16},
+    "classifier": {"steps": 30},
+    "train": {"steps": 4, "checkpoint_every": 2, "sample_every": 2, "batch_size": 8},
+    "evaluate": {"n_samples": 64, "iw_samples": 4, "iw_images": 16, "ms_ssim_pairs": 16},
+}
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(base.get(key) or {}, value) if isinstance(value, dict) else value
+    return out
+
+
+def _run(cmd: list[str], cwd: Path, env: dict) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout + proc.stderr
+
+
+def _stages_run(log: str) -> set[str]:
+    return {line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage '")}
+
+
+@pytest.mark.slow
+def test_dvc_repro_whole_dag(tmp_path, real_data_dir):
+    if shutil.which("gvae") is None or shutil.which("dvc") is None:
+        pytest.fail("the package must be installed (pip install -e .) so `gvae` and `dvc` exist")
+    work = tmp_path / "repo"
+    work.mkdir()
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("pipeline", "models"):
+        shutil.copytree(REPO / name, work / name, ignore=ignore)
+    shutil.copy(REPO / "dvc.yaml", work / "dvc.yaml")
+    params = _merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = dict(os.environ, GVAE_DATA_MIRROR=str(real_data_dir), MPLBACKEND="Agg")
+    for cmd in (
+        ["git", "init", "-q"],
+        ["dvc", "init", "-q"],
+        ["dvc", "config", "core.analytics", "false"],
+    ):
+        _run(cmd, work, env)
+
+    first = _run(["dvc", "repro"], work, env)
+    ran = _stages_run(first)
+    assert {"phantom", "ingest", "slices", "report@mnist", "report@fashion_mnist"} <= ran
+    assert {f"train@mnist-{m}" for m in params["models"]} <= ran
+    manifest = yaml.safe_load((work / "data/volumes/manifest.json").read_text())
+    assert [row["status"] for row in manifest] == ["ok"] * 5
+    assert (work / "data/slices/index.json").is_file()
+    assert (work / "data/slices/contact_sheet.png").stat().st_size > 1000
+    for dataset in ("mnist", "fashion_mnist"):
+        table = (work / f"data/reports/{dataset}/table.md").read_text()
+        for model in params["models"]:
+            assert f"| {model} |" in table
+        assert (work / f"data/reports/{dataset}/samples.png").stat().st_size > 1000
+
+    second = _run(["dvc", "repro"], work, env)
+    assert _stages_run(second) == set(), second
+
+    params["slices"]["window"] = {"level": 50, "width": 350}
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    third = _run(["dvc", "repro"], work, env)
+    assert _stages_run(third) == {"slices"}, third
