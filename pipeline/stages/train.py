@@ -62,8 +62,7 @@ def main(args: argparse.Namespace) -> int:
         resume=args.resume,
         progress=not args.no_progress,
     )
-    print(
-        f"{summary['model']} on {summary['dataset']}: {summary.get('steps')} steps, "
-        f"{summary.get('img_per_s', float('nan')):.1f} img/s"
-    )
+    rate = summary.get("img_per_s")
+    speed = f", {rate:.1f} img/s" if rate else " (nothing left to run)"
+    print(f"{summary['model']} on {summary['dataset']}: {summary.get('steps')} steps{speed}")
     return 0
