@@ -72,12 +72,9 @@ class SplitParams(Frozen):
             unknown = set(self.cases) - {"train", "val", "test"}
             if unknown:
                 raise ValueError(f"split.cases has unknown split(s) {sorted(unknown)}")
-            seen: dict[str, str] = {}
-            for split, ids in self.cases.items():
-                for cid in ids:
-                    if cid in seen:
-                        raise ValueError(f"case {cid} is listed in both {seen[cid]} and {split}")
-                    seen[cid] = split
+            from pipeline.split import check_disjoint  # split.py imports this module
+
+            check_disjoint(self.cases)
         return self
 
 

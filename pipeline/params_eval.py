@@ -47,7 +47,7 @@ class EvaluateParams(Frozen):
     ms_ssim_pairs: int = Field(1000, ge=1, description="random pairs for MS-SSIM diversity")
     pr_k: int = Field(3, ge=1, description="k of the k-NN manifolds of precision/recall")
     mmd_bandwidth: float | None = Field(
-        None, gt=0, description="Gaussian kernel sigma; None = median pairwise distance"
+        None, gt=0, description="kernel sigma; None = median distance of the real test subset"
     )
-    batch_size: int = Field(256, ge=1)
+    batch_size: int = Field(256, ge=1, description="images per forward pass in every metric")
     seed: int = 0

@@ -27,7 +27,7 @@ def split_counts(n: int, fractions: Mapping[str, float]) -> dict[str, int]:
     nonzero = [s for s in SPLITS if fractions[s] > 0]
     wanted = ", ".join(f"{s}={fractions[s]:g}" for s in SPLITS)
     if n < max(1, len(nonzero)):
-        raise ValueError(
+        raise SplitError(
             f"cannot split {n} case(s) with fractions {wanted}: each of the {len(nonzero)} "
             f"split(s) with a non-zero fraction ({', '.join(nonzero)}) needs at least one case"
         )
@@ -36,20 +36,24 @@ def split_counts(n: int, fractions: Mapping[str, float]) -> dict[str, int]:
     counts[rest] = n - sum(c for s, c in counts.items() if s != rest)
     if counts[rest] < 1:
         got = ", ".join(f"{s}={counts[s]}" for s in SPLITS)
-        raise ValueError(
+        raise SplitError(
             f"cannot split {n} case(s) with fractions {wanted}: would give {got}; "
             "every split with a non-zero fraction needs at least one case"
         )
     return counts
 
 
+class SplitError(ValueError):
+    """The requested split cannot be made from these cases (a settings problem, not data)."""
+
+
 def check_disjoint(splits: Mapping[str, Iterable[str]]) -> None:
-    """Raise ``ValueError`` if any case id appears in two splits (or twice in one)."""
+    """Raise ``SplitError`` if any case id appears in two splits (or twice in one)."""
     seen: dict[str, str] = {}
     for name, ids in splits.items():
         for cid in ids:
             if cid in seen:
-                raise ValueError(f"case {cid} is in both {seen[cid]} and {name}")
+                raise SplitError(f"case {cid} is listed in both {seen[cid]} and {name}")
             seen[cid] = name
 
 
@@ -67,7 +71,7 @@ def split_cases(
     ids = list(case_ids)
     dupes = sorted(c for c, n in Counter(ids).items() if n > 1)
     if dupes:
-        raise ValueError(f"duplicate case id(s): {', '.join(dupes)}")
+        raise SplitError(f"duplicate case id(s): {', '.join(dupes)}")
     ids = sorted(ids)
     if params.cases is not None:
         out = _explicit(ids, params.cases, set(unavailable))
@@ -88,12 +92,12 @@ def _explicit(ids: list[str], lists: Mapping[str, list[str]], unavailable: set[s
     listed = {cid for members in lists.values() for cid in members}
     missing = [c for c in ids if c not in listed]
     if missing:
-        raise ValueError(
+        raise SplitError(
             f"split.cases does not assign {len(missing)} case(s): {', '.join(missing)}; "
             "list every case in train, val or test"
         )
     unknown = sorted(listed - set(ids) - unavailable)
     if unknown:
-        raise ValueError(f"split.cases names case(s) not in the volumes: {', '.join(unknown)}")
+        raise SplitError(f"split.cases names case(s) not in the volumes: {', '.join(unknown)}")
     present = set(ids)
     return {s: sorted(c for c in lists.get(s, []) if c in present) for s in SPLITS}

@@ -53,9 +53,10 @@ def test_train_resume_and_sample(tmp_path, capsys):
     assert _train(params, data, out) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["model"] == "gvae"
-    # Resuming a finished run runs nothing and says so instead of failing.
+    # Resuming a finished run runs nothing, says so, and keeps the real run's figures.
     assert _train(params, data, out, "--resume") == 0
     assert "nothing left to run" in capsys.readouterr().out
+    assert json.loads((out / "summary.json").read_text()) == summary
     # A longer budget continues from the checkpoint.
     params, _ = _tiny(tmp_path, steps=4)
     assert _train(params, data, out, "--resume") == 0

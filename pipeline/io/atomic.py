@@ -17,14 +17,24 @@ from pathlib import Path
 from typing import Any
 
 
-def _check_writable(folder: Path) -> None:
-    """Create ``folder`` if needed; raise ``PermissionError`` naming it when it is not writable."""
+def ensure_writable_dir(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` if needed and prove it writable; return it as a ``Path``.
+
+    Raises ``PermissionError`` naming the folder. A real probe file, not ``os.access``: root
+    passes ``os.access`` on read-only mounts, and a full disk only shows when writing.
+    """
+    folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise PermissionError(f"{folder}: cannot create output folder ({exc.strerror})") from exc
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise PermissionError(f"{folder}: output folder is not writable")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise PermissionError(f"{folder}: output folder is not writable ({exc.strerror})") from exc
+    return folder
 
 
 def _umask() -> int:
@@ -40,7 +50,7 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
     On any exception the temporary file is removed and ``dest`` keeps its old content.
     """
     dest = Path(dest)
-    _check_writable(dest.parent)
+    ensure_writable_dir(dest.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -58,10 +68,12 @@ def atomic_dir(dest: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temporary folder next to ``dest``; swap it in for ``dest`` on success.
 
     An existing ``dest`` is replaced only after the new content is complete, so an interrupted
-    stage never leaves a half-written case folder behind.
+    stage never leaves a half-written case folder behind. Replacing takes two renames (old
+    content aside, new content in); a crash between them leaves the complete old content at
+    ``.<name>.old`` beside ``dest``, which the next call removes.
     """
     dest = Path(dest)
-    _check_writable(dest.parent)
+    ensure_writable_dir(dest.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders
     try:
@@ -82,6 +94,18 @@ def write_json(dest: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON to ``dest`` atomically."""
     with atomic_path(dest) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_npz(dest: str | os.PathLike, **arrays: Any) -> None:
+    """Write ``arrays`` to ``dest`` with ``np.savez_compressed``, atomically.
+
+    Written through a file object: given a path, numpy would append ".npz" to the temporary
+    name. Compressed output is byte-identical for identical arrays, so DVC hashes stay stable.
+    """
+    import numpy as np
+
+    with atomic_path(dest) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, **arrays)
 
 
 def write_bytes(dest: str | os.PathLike, data: bytes) -> None:

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.io.atomic import atomic_path
+from pipeline.io.atomic import write_npz
 
 FORMAT = "gvae-slices/1"
 INDEX_NAME = "index.json"
@@ -63,15 +63,13 @@ def write_shard(
         raise ValueError(f"{dest}: mask must be uint8 {image.shape}, got {mask.dtype} {mask.shape}")
     if len(case_id) != n or len(slice_index) != n:
         raise ValueError(f"{dest}: case_id and slice_index need {n} entries")
-    with atomic_path(dest) as tmp, open(tmp, "wb") as fh:
-        # A file object, not a path: np.savez would append ".npz" to the temporary name.
-        np.savez_compressed(
-            fh,
-            image=image,
-            mask=mask,
-            case_id=np.asarray(case_id, dtype=np.str_),
-            slice_index=np.asarray(slice_index, dtype=np.int64),
-        )
+    write_npz(
+        dest,
+        image=image,
+        mask=mask,
+        case_id=np.asarray(case_id, dtype=np.str_),
+        slice_index=np.asarray(slice_index, dtype=np.int64),
+    )
 
 
 class ShardWriter:
@@ -163,7 +161,7 @@ def load_slices(
     index = read_index(slices_dir)
     entry = _split_entry(index, slices_dir, split)
     size = int(index["size"])
-    shards = [read_shard(Path(slices_dir) / name, size) for name in entry["shards"]]
+    shards = list(iter_shards(slices_dir, split))
     empty = {
         "image": np.zeros((0, 1, size, size), np.float32),
         "mask": np.zeros((0, 1, size, size), np.uint8),

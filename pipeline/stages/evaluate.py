@@ -49,12 +49,13 @@ def _generated_metrics(gen: torch.Tensor, real: torch.Tensor, params, clf) -> di
         "ms_ssim": M.ms_ssim_diversity(gen, params.ms_ssim_pairs, generator=g),
     }
     out["mmd_x1e4"] = out["mmd"] * 1e4
-    probs = predict_proba(clf, gen)
+    probs = predict_proba(clf, gen, batch_size=params.batch_size)
     cover = M.mode_coverage(probs)
     out["class_entropy"] = cover["class_entropy"]
     out["image_entropy"] = cover["mean_image_entropy"]
     out["class_histogram"] = [int(v) for v in cover["histogram"]]
-    f_real, f_gen = features(clf, real), features(clf, gen)
+    f_real = features(clf, real, batch_size=params.batch_size)
+    f_gen = features(clf, gen, batch_size=params.batch_size)
     out["fid"] = M.fid(f_real, f_gen)
     pr = M.precision_recall(f_real, f_gen, k=params.pr_k)
     out["precision"], out["recall"] = pr["precision"], pr["recall"]
@@ -67,9 +68,9 @@ def _encoder_metrics(model, real: torch.Tensor, params) -> dict:
 
     g = torch.Generator().manual_seed(params.seed)
     x = real[: params.iw_images]
-    elbo = M.elbo_and_kl(model, x, generator=g)
+    elbo = M.elbo_and_kl(model, x, generator=g, batch_size=params.batch_size)
     return {
-        "recon_mse": M.reconstruction_error(model, x),
+        "recon_mse": M.reconstruction_error(model, x, batch_size=params.batch_size),
         "elbo": elbo["elbo"],
         "kl": elbo["kl"],
         "log_likelihood": M.iwae_bound(model, x, k=params.iw_samples, generator=g),

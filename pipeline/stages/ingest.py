@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from pipeline.cli import StageError
 from pipeline.config import IngestParams, load_section
-from pipeline.io.atomic import atomic_dir, write_json
+from pipeline.io.atomic import atomic_dir, ensure_writable_dir, write_json
 from pipeline.io.dicom_read import list_files, read_series
 from pipeline.io.nifti import align_label, load_label, write_nifti
 
@@ -128,19 +128,6 @@ def find_cases(images: Path) -> list[Path]:
     return cases
 
 
-def _prepare_out(out_dir: Path) -> None:
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise PermissionError(f"{out_dir}: cannot create output folder ({exc.strerror})") from exc
-    probe = out_dir / ".ingest-write-probe"
-    try:
-        probe.touch()
-        probe.unlink()
-    except OSError as exc:
-        raise PermissionError(f"{out_dir}: output folder is not writable ({exc.strerror})") from exc
-
-
 def run(params: IngestParams, images: str | Path, labels: str | Path, out_dir: str | Path) -> list:
     """Ingest every case under ``images``; write volumes and ``manifest.json`` to ``out_dir``.
 
@@ -149,7 +136,7 @@ def run(params: IngestParams, images: str | Path, labels: str | Path, out_dir: s
     """
     images, labels, out_dir = Path(images), Path(labels), Path(out_dir)
     cases = find_cases(images)
-    _prepare_out(out_dir)
+    ensure_writable_dir(out_dir)
     jobs = [(case, labels, out_dir, params.slice_spacing_tolerance) for case in cases]
     rows: list[dict] = []
     bar = tqdm(total=len(jobs), desc="ingest", unit="case", file=sys.stderr)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import load_section
-from pipeline.io.atomic import atomic_path, write_json
+from pipeline.io.atomic import write_json, write_npz
 from pipeline.io.idx import parse_idx
 
 MIRROR_ENV = "GVAE_DATA_MIRROR"
@@ -201,10 +201,7 @@ def run(params, dataset: str, out_dir: str | os.PathLike, mirror: str | None = N
     info["mirror"] = source
     info["shapes"] = {k: list(v.shape) for k, v in arrays.items()}
     info["fetch_seconds"] = round(time.perf_counter() - t0, 2)
-    with atomic_path(out_dir / "data.npz") as tmp:
-        # np.savez appends ".npz" to names without it, so write through a file object.
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
+    write_npz(out_dir / "data.npz", **arrays)
     write_json(out_dir / "info.json", info)
     return info
 

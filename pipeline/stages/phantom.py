@@ -98,7 +98,9 @@ def write_case(out_dir: Path, seed: int, index: int, params: PhantomParams) -> d
     label_path = out_dir / LABELS_DIR / f"label{index:04d}.nii.gz"
     with atomic_dir(out_dir / IMAGES_DIR / geom.case_id) as tmp:
         write_ct_series(tmp / study / series, hu, header)
-        # Label last inside the case's temp folder: the case appears only once both exist.
+        # The label (itself written atomically) lands just before the case folder is swapped
+        # in: a crash in between leaves an orphan label, which ingest ignores (cases are found
+        # from the image folders), never a case without its label.
         write_nifti(label_path, label_to_tcia(label), geom.label_affine())
     slices = label.any(axis=(1, 2)).nonzero()[0]
     return {

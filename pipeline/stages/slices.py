@@ -26,7 +26,7 @@ from pipeline.io.atomic import atomic_dir, write_json
 from pipeline.io.shards import FORMAT, INDEX_NAME, ShardWriter
 from pipeline.qc import Panel, best_panel, spread, write_contact_sheet
 from pipeline.slicing import slice_case
-from pipeline.split import SPLITS, check_disjoint, split_cases
+from pipeline.split import SPLITS, SplitError, check_disjoint, split_cases
 
 MANIFEST_NAME = "manifest.json"
 CONTACT_SHEET_NAME = "contact_sheet.png"
@@ -176,10 +176,10 @@ def main(args: argparse.Namespace) -> int:
     params = load_section(args.params, "slices")
     try:
         summary = run(params, args.volumes, args.out)
-    except ValueError as exc:
-        # Data problems are reported per case inside run(); what escapes is a settings problem
-        # (mostly the split: too few cases, unlisted or unknown case ids).
-        raise StageError(f"{args.params}: slices: {exc}") from None
+    except SplitError as exc:
+        # Data problems are reported per case inside run(); a split that cannot be made from
+        # the ingested cases (too few, unlisted or unknown ids) is a settings problem.
+        raise StageError(f"{args.params}: slices.split: {exc}") from None
     counts = ", ".join(
         f"{s} {summary['cases'][s]} cases / {summary['slices'][s]} slices" for s in SPLITS
     )

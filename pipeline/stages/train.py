@@ -47,7 +47,9 @@ def run(
     model = build_model(model_name, model_cfg, channels=images.shape[1], size=images.shape[-1])
     summary = train(model, images, train_cfg, out_dir, resume=resume, progress=progress)
     summary = {"model": model_name, "dataset": dataset, **summary}
-    write_json(out_dir / "summary.json", summary)
+    if summary.get("steps_run") or not (out_dir / "summary.json").exists():
+        # A resume with nothing left to run keeps the figures of the run that did the work.
+        write_json(out_dir / "summary.json", summary)
     return summary
 
 

@@ -1,0 +1,41 @@
+"""dvc.yaml and params.yaml agree: one list of compared models, and the profile switch reruns
+every stage whose settings it changes."""
+
+from __future__ import annotations
+
+import yaml
+
+from pipeline.config import load_params_models
+
+from .conftest import REPO
+
+
+def _dvc() -> dict:
+    return yaml.safe_load((REPO / "dvc.yaml").read_text())
+
+
+def _params() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def test_compared_models_match_params_models():
+    compared = _dvc()["vars"][0]["compared"]
+    assert compared == load_params_models(REPO / "params.yaml")
+
+
+def test_profile_overrides_are_tracked_by_every_stage_that_reads_them():
+    overridden = set(_params()["paper"])  # sections the paper profile changes
+    for name, stage in _dvc()["stages"].items():
+        body = stage.get("do", stage)
+        tracked = [str(p) for p in body.get("params", [])]
+        for key in tracked:
+            section = key.split(".")[0]
+            if section in overridden:
+                assert "profile" in tracked, f"stage {name} reads {key} but not `profile`"
+                paper_key = f"paper.{section}" if section != "models" else f"paper.{key}"
+                assert paper_key in tracked, f"stage {name} reads {key} but not {paper_key}"
+
+
+def test_code_folders_are_dvc_ignored_bytecode():
+    ignored = (REPO / ".dvcignore").read_text().split()
+    assert "__pycache__/" in ignored and "*.pyc" in ignored
