@@ -7,6 +7,7 @@ The trainer only ever calls ``losses``, ``critic_loss``, ``generator_parameters`
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -47,10 +48,28 @@ def reparameterize(mu: Tensor, logvar: Tensor, training: bool) -> Tensor:
 def kl_standard_normal(mu: Tensor, logvar: Tensor) -> Tensor:
     """KL(N(mu, diag(exp(logvar))) || N(0, I)) per sample, (B, latent) -> (B,).
 
-    Closed form of Kingma & Welling 2014, Appendix B (the negative of eq. 10's first term).
+    Closed form of Kingma & Welling 2014, Appendix B (the negative of eq. 10's first term), in
+    nats; computed in at least fp32.
     """
-    mu, logvar = mu.float(), logvar.float()
+    dtype = torch.promote_types(mu.dtype, torch.float32)  # fp32 under bf16 autocast; fp64 kept
+    mu, logvar = mu.to(dtype), logvar.to(dtype)
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=1)
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """Run the block with ``module`` in eval mode, then restore every submodule's own flag.
+
+    Evaluation mid-training (metrics, sample grids) must leave the caller's model as it was,
+    also when the block raises; restoring per submodule keeps e.g. a frozen part in eval.
+    """
+    before = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, training in before:
+            m.training = training
 
 
 def log_likelihood(x: Tensor, recon: Tensor, likelihood: str, sigma: float) -> Tensor:
@@ -131,12 +150,8 @@ class GenerativeModel(nn.Module):
         device = next(self.parameters()).device
         gen_device = generator.device if generator is not None else device
         z = torch.randn(n, self.latent_dim, generator=generator, device=gen_device).to(device)
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             return self.decode(z).float()
-        finally:
-            self.train(was_training)
 
     # ----------------------------------------------------------------- encoder models only
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:

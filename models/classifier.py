@@ -17,6 +17,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from models.base import eval_mode
+
 N_CLASSES = 10
 
 
@@ -120,13 +122,9 @@ def _train(x, y, steps, batch_size, lr, seed, channels, feature_dim) -> MnistCla
 @torch.no_grad()
 def _batched(model: MnistClassifier, x: torch.Tensor, fn, batch_size: int) -> torch.Tensor:
     _check_images(x)
-    was_training = model.training
-    model.eval()
-    try:
-        device = next(model.parameters()).device
+    device = next(model.parameters()).device
+    with eval_mode(model):
         out = [fn(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)]
-    finally:
-        model.train(was_training)
     return torch.cat(out) if out else torch.empty(0)
 
 

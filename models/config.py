@@ -31,7 +31,21 @@ class NetConfig(Frozen):
     width: int = Field(8, ge=1, description="channels of the full-resolution stem")
     max_width: int = Field(64, ge=1, description="channel cap; width doubles per stage")
     blocks_per_stage: int = Field(1, ge=1, description="residual blocks per resolution")
-    dropout: float = Field(0.3, ge=0.0, lt=1.0, description="GVAE paper: 30% dropout")
+    dropout: float = Field(
+        0.3, ge=0.0, lt=1.0, description="encoder/generator dropout (GVAE paper: 30%)"
+    )
+    critic_dropout: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description=(
+            "critic/discriminator dropout. 0 keeps the critic a deterministic function: "
+            "Larsen et al. 2016 measure reconstructions in its features Dis_l (eq. 9), which "
+            "dropout would make differ between x and x itself, and the WGAN-GP penalty must "
+            "constrain the same function the Wasserstein term estimates with (Gulrajani et al. "
+            "2017, eq. 3), not another random mask"
+        ),
+    )
     likelihood: Likelihood = "bernoulli"
     sigma: float = Field(0.1, gt=0.0, description="pixel std of the gaussian likelihood")
     critic_norm: CriticNorm = "layer"

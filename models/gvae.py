@@ -12,9 +12,12 @@ are not available to us, so each choice is stated):
 * Batch 32 and Adam with lr 1e-4 (the paper also mentions batch 16 and lr 5e-4); these live in
   ``TrainConfig`` and are the values the pipeline's params use for paper-scale runs.
 * Latent size 1000 (Table 5) is a params value; the CPU profile default is smaller.
-* ResNet blocks with pooling/upsampling, 30% dropout and batch norm in E and G. The critic uses
-  layer norm instead of batch norm: the WGAN-GP penalty is a per-sample gradient norm, which
-  batch norm invalidates by coupling the samples of a batch (Gulrajani et al. 2017, section 4).
+* ResNet blocks with pooling/upsampling, 30% dropout and batch norm in E and G only. The
+  critic uses layer norm instead of batch norm: the WGAN-GP penalty is a per-sample gradient
+  norm, which batch norm invalidates by coupling the samples of a batch (Gulrajani et al. 2017,
+  section 4). It has no dropout either (``critic_dropout`` = 0): with dropout every forward pass
+  is a different random critic, so the penalty would constrain another function than the one
+  the Wasserstein estimate uses (Gulrajani et al. 2017, eq. 3).
 * The critic sees real images x, reconstructions G(E(x)) and prior samples G(z); the Wasserstein
   terms and the gradient penalty (on interpolates between x and each kind of fake) are averaged
   over the two kinds of fake.
@@ -48,7 +51,9 @@ class GVAE(VAE):
     def __init__(self, config: GVAEConfig, channels: int, size: int) -> None:
         super().__init__(config, channels, size)
         c = config
-        self.critic = Critic(channels, self.widths, c.blocks_per_stage, c.critic_norm, c.dropout)
+        self.critic = Critic(
+            channels, self.widths, c.blocks_per_stage, c.critic_norm, c.critic_dropout
+        )
 
     def _fakes(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(recon G(E(x)), prior sample G(z), mu, logvar); both fakes (B, C, H, W)."""
@@ -57,6 +62,8 @@ class GVAE(VAE):
         z_prior = torch.randn_like(mu)  # (B, latent)
         # One generator call for both kinds of fake: (2B, latent) -> (2B, C, H, W); in train
         # mode batch norm thus normalises posterior and prior codes together, as one batch.
+        # That coupling is harmless here (unlike VAE/GAN's routed paths): E and G are one
+        # network trained on the plain sum of the losses, with no per-path gradient routing.
         recon, prior = self.decode(torch.cat([z, z_prior])).chunk(2)
         return recon, prior, mu, logvar
 

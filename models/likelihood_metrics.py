@@ -14,19 +14,16 @@ from collections.abc import Iterator
 
 import torch
 
+from models.base import eval_mode, kl_standard_normal
+
 LOG_2PI = math.log(2 * math.pi)
 
 
 @contextlib.contextmanager
-def _eval_mode(model: torch.nn.Module) -> Iterator[torch.device]:
-    # Switching to eval mutates the model; put it back so callers mid-training are unaffected.
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield next(model.parameters()).device
-    finally:
-        model.train(was_training)
+def _inference(model: torch.nn.Module) -> Iterator[torch.device]:
+    """Eval mode (restored afterwards) and no_grad; yields the model's device."""
+    with eval_mode(model), torch.no_grad():
+        yield next(model.parameters()).device
 
 
 def _batches(x: torch.Tensor, batch_size: int, device: torch.device) -> Iterator[torch.Tensor]:
@@ -43,21 +40,13 @@ def _gaussian_log_density(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tenso
     return -0.5 * (LOG_2PI + logvar + (z - mu).pow(2) / logvar.exp()).sum(-1)
 
 
-def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(N(mu, diag(exp(logvar))) || N(0, I)) per row (B,), in nats.
-
-    Closed form of Kingma & Welling (2014, Appendix B).
-    """
-    return 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(-1)
-
-
 def reconstruction_error(model, x: torch.Tensor, batch_size: int = 256) -> float:
     """Mean per-pixel squared error of ``decode(mu)`` against ``x``, in [-1, 1] intensity units².
 
     Uses the posterior mean (no sampling), the deterministic reconstruction the paper shows.
     """
     total, count = 0.0, 0
-    with _eval_mode(model) as dev:
+    with _inference(model) as dev:
         for xb in _batches(x, batch_size, dev):
             mu, _ = model.encode(xb)
             total += float((model.decode(mu) - xb).double().pow(2).sum())
@@ -75,12 +64,12 @@ def elbo_and_kl(
     ``log_px_given_z`` and ``kl``.
     """
     sums = {"elbo": 0.0, "log_px_given_z": 0.0, "kl": 0.0}
-    with _eval_mode(model) as dev:
+    with _inference(model) as dev:
         for xb in _batches(x, batch_size, dev):
             mu, logvar = model.encode(xb)
             eps = torch.randn(mu.shape, generator=generator).to(dev, mu.dtype)
             log_px = model.log_px_given_z(xb, model.decode(mu + (0.5 * logvar).exp() * eps))
-            kl = gaussian_kl(mu, logvar)
+            kl = kl_standard_normal(mu, logvar)
             sums["elbo"] += float((log_px - kl).double().sum())
             sums["log_px_given_z"] += float(log_px.double().sum())
             sums["kl"] += float(kl.double().sum())
@@ -98,7 +87,7 @@ def log_importance_weights(
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     out = []
-    with _eval_mode(model) as dev:
+    with _inference(model) as dev:
         for xb in _batches(x, batch_size, dev):
             b = len(xb)
             mu, logvar = model.encode(xb)  # (B, z)

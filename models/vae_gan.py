@@ -7,12 +7,19 @@ and prior samples x_p = Dec(z_p) (eq. 10).
 
 Algorithm 1 updates the encoder with L_prior + L_llike and the decoder with gamma * L_llike -
 L_GAN. The trainer has one encoder/decoder optimizer, so the two gradients are routed inside a
-single loss: the decoder is run on [z with its gradient scaled by 1/gamma; z detached; z_p]
-and total = kl_weight * L_prior + gamma * L_llike(first) + L_GAN_gen(second, third). The encoder
-then receives exactly d(L_prior + L_llike) and the decoder d(gamma * L_llike + L_GAN_gen).
+single loss: the decoder is run once on z with its gradient scaled by 1/gamma (the L_llike path)
+and once on [z detached; z_p] (the GAN path), and total = kl_weight * L_prior + gamma *
+L_llike(first) + L_GAN_gen(second). The encoder then receives exactly d(L_prior + L_llike) and
+the decoder d(gamma * L_llike + L_GAN_gen). The two calls must stay separate: in train mode
+batch norm normalises over the batch of a call, so one call would couple the paths and carry
+the GAN term into the encoder through the batch statistics (amplified by 1/gamma). In eval
+mode both decodings of z are identical; in train mode they differ only by the dropout mask and
+batch statistics of their call.
 Generator GAN terms use the non-saturating form -log D(.) (Goodfellow et al. 2014, section 3),
-as Larsen's released code does. The discriminator uses layer norm (``critic_norm``) so features
-of a sample do not depend on the rest of the batch.
+as Larsen's released code does. The discriminator uses layer norm (``critic_norm``) and no
+dropout (``critic_dropout`` = 0), so Dis_l of a sample depends neither on the rest of the batch
+nor on a random mask: L_llike of x against itself is 0, and the encoder is never asked to
+match dropout noise.
 """
 
 from __future__ import annotations
@@ -41,6 +48,14 @@ class _ScaleGrad(torch.autograd.Function):
         return grad * ctx.scale, None
 
 
+def feature_llike(f_real: Tensor, f_recon: Tensor) -> Tensor:
+    """L_llike = 1/2 ||Dis_l(x) - Dis_l(x~)||^2 (Larsen et al. 2016, eq. 9), batch mean.
+
+    (B, F) x2 -> scalar; the constant of the unit-variance Gaussian is dropped.
+    """
+    return 0.5 * (f_real - f_recon).pow(2).sum(1).mean()
+
+
 def _bce(logits: Tensor, target: float) -> Tensor:
     return F.binary_cross_entropy_with_logits(
         logits.float(), torch.full_like(logits.float(), target)
@@ -62,7 +77,9 @@ class VAEGAN(VAE):
                 f"feature_layer {c.feature_layer} out of range for "
                 f"{self.n_stages} discriminator stages at size {size}"
             )
-        self.critic = Critic(channels, self.widths, c.blocks_per_stage, c.critic_norm, c.dropout)
+        self.critic = Critic(
+            channels, self.widths, c.blocks_per_stage, c.critic_norm, c.critic_dropout
+        )
 
     def _features_and_logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(Dis_l(x) flattened (B, F) in fp32, logits (B,))."""
@@ -76,10 +93,12 @@ class VAEGAN(VAE):
         b = x.shape[0]
         mu, logvar = self.encode(x)
         z = reparameterize(mu, logvar, self.training)
-        z_in = torch.cat([_ScaleGrad.apply(z, 1.0 / c.gamma), z.detach(), torch.randn_like(z)])
-        recon, recon_gan, prior = self.decode(z_in).chunk(3)  # (3B, latent) -> 3 x (B, C, H, W)
-        feats, logits = self._features_and_logits(torch.cat([x, recon, recon_gan, prior]))
-        llike = 0.5 * (feats[:b] - feats[b : 2 * b]).pow(2).sum(1).mean()  # eq. 9
+        # Two decoder calls, never one: batch norm would couple the paths (module docstring).
+        recon = self.decode(_ScaleGrad.apply(z, 1.0 / c.gamma))  # (B, latent) -> (B, C, H, W)
+        z_gan = torch.cat([z.detach(), torch.randn_like(z)])  # [z; z_p], (2B, latent)
+        fakes = self.decode(z_gan)  # (2B, latent) -> (2B, C, H, W): [x~; x_p]
+        feats, logits = self._features_and_logits(torch.cat([x, recon, fakes]))
+        llike = feature_llike(feats[:b], feats[b : 2 * b])  # eq. 9
         kl = kl_standard_normal(mu, logvar).mean()
         gan = 2.0 * _bce(logits[2 * b :], 1.0)  # -log D(x~) - log D(x_p), each a batch mean
         with torch.no_grad():

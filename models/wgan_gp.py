@@ -42,7 +42,8 @@ def wasserstein_critic_loss(
     Returns {"wdist", "gp", "total"}: wdist = E[critic(real)] - mean_k E[critic(fake_k)] (the
     Wasserstein estimate), gp = mean_k penalty(real, fake_k), total = -wdist + gp_weight * gp.
     Real and fakes go through the critic as one batch: the critic has no batch norm, so every
-    score depends on its own sample only and batching changes nothing but speed.
+    score depends on its own sample only and batching changes nothing but speed. Nor dropout
+    (``critic_dropout`` = 0): the penalty differentiates the very function scored here.
     """
     b, k = real.shape[0], len(fakes)
     fake = torch.cat([f.detach().to(real.dtype) for f in fakes])  # k x (B, ...) -> (kB, ...)
@@ -66,7 +67,7 @@ class WGANGP(GenerativeModel):
         self.generator = Generator(
             channels, c.latent_dim, widths, c.blocks_per_stage, "batch", c.dropout
         )
-        self.critic = Critic(channels, widths, c.blocks_per_stage, c.critic_norm, c.dropout)
+        self.critic = Critic(channels, widths, c.blocks_per_stage, c.critic_norm, c.critic_dropout)
 
     def decode(self, z: Tensor) -> Tensor:
         """(B, latent) -> (B, C, H, W) in [-1, 1]."""

@@ -8,9 +8,9 @@ import pytest
 import torch
 from monai.metrics.mmd import compute_mmd
 
+from models.base import kl_standard_normal
 from models.likelihood_metrics import (
     elbo_and_kl,
-    gaussian_kl,
     iwae_bound,
     log_importance_weights,
     reconstruction_error,
@@ -234,10 +234,15 @@ def test_iwae_bound_dominates_elbo_and_tightens_with_k():
     assert truth - iwae < 0.5 * (truth - elbo)
 
 
-def test_gaussian_kl_known_values():
-    assert float(gaussian_kl(torch.zeros(1, 3), torch.zeros(1, 3))) == 0.0
+def test_kl_standard_normal_known_values():
+    """The one KL of the codebase, used by the losses and by the ELBO metric."""
+    assert float(kl_standard_normal(torch.zeros(1, 3), torch.zeros(1, 3))) == 0.0
     mu, logvar = torch.tensor([[1.0]]), torch.tensor([[math.log(4.0)]])
-    assert float(gaussian_kl(mu, logvar)) == pytest.approx(0.5 * (1 + 4 - 1 - math.log(4)))
+    assert float(kl_standard_normal(mu, logvar)) == pytest.approx(0.5 * (1 + 4 - 1 - math.log(4)))
+    # Summed over the latent dims, one value per row; fp64 in stays fp64 (metrics are exact).
+    kl = kl_standard_normal(mu.double().expand(2, 3), logvar.double().expand(2, 3))
+    assert kl.dtype == torch.float64 and kl.shape == (2,)
+    assert torch.allclose(kl, torch.full((2,), 1.5 * (4 - math.log(4)), dtype=torch.float64))
 
 
 def test_reconstruction_error_and_model_mode_restored():
