@@ -374,3 +374,20 @@ def test_cli_too_few_cases_is_a_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "p.yaml" in err and "cannot split 2 case(s)" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_ct_training_pairs_are_image_and_mask_channels(tmp_path):
+    """The generative stages see each slice as (image, mask) in [-1, 1]: labels come along."""
+    from pipeline.datasets import load_images
+
+    volumes = write_volumes(tmp_path / "volumes", _five_cases())
+    out = tmp_path / "slices"
+    run(SlicesParams(fov_mm=100, size=32, shard_size=4), volumes, out)
+    images, masks, _ = load_slices(out, "train")
+    pairs, labels = load_images("pancreas", out, "train")
+    assert labels is None
+    assert tuple(pairs.shape) == (len(images), 2, 32, 32)
+    assert np.array_equal(pairs[:, :1].numpy(), images)
+    assert set(np.unique(pairs[:, 1].numpy())) <= {-1.0, 1.0}
+    assert np.array_equal(pairs[:, 1:].numpy() > 0, masks > 0)
+    assert tuple(load_images("pancreas", out, "train", limit=2)[0].shape) == (2, 2, 32, 32)
