@@ -137,23 +137,30 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     return raw
 
 
+def _resolved(path: Path, raw: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Read ``path`` (unless ``raw`` is given), check its top level, apply the profile."""
+    raw = read_yaml(path) if raw is None else raw
+    _check_top_level(path, raw)
+    return resolve_profile(raw)
+
+
 def load_section(path: str | os.PathLike, section: str, raw: dict[str, Any] | None = None) -> Any:
     """Validate one section of ``path`` with its registered model and return it."""
     path = Path(path)
-    raw = read_yaml(path) if raw is None else raw
-    _check_top_level(path, raw)
+    resolved = _resolved(path, raw)
     if section not in SECTIONS:
         raise ParamsError(f"{path}: no such params section '{section}'")
-    resolved = resolve_profile(raw)
     try:
         return SECTIONS[section].model_validate(resolved.get(section) or {})
     except ValidationError as exc:
         raise ParamsError(_format_error(path, section, exc)) from None
 
 
-# Keys that are not sections: the profile switch and the paper profile's overrides.
 PROFILES = ("cpu", "paper")
-SPECIAL_KEYS = {"profile", "paper", "models"}
+# The profile switch and the paper profile's overrides: removed once the profile is applied.
+PROFILE_KEYS = ("profile", "paper")
+# Top-level keys that are not pydantic sections (``models`` is validated per registry entry).
+SPECIAL_KEYS = {*PROFILE_KEYS, "models"}
 
 
 def _check_top_level(path: Path, raw: dict[str, Any]) -> None:
@@ -185,7 +192,7 @@ def resolve_profile(raw: dict[str, Any]) -> dict[str, Any]:
     The default profile (``cpu``) is what the sections say; ``paper`` deep-merges the
     ``paper:`` block (paper widths, latent 1000, batch 32, full epochs) over them.
     """
-    sections = {k: v for k, v in raw.items() if k not in ("profile", "paper")}
+    sections = {k: v for k, v in raw.items() if k not in PROFILE_KEYS}
     if raw.get("profile", "cpu") == "paper":
         return deep_merge(sections, raw.get("paper") or {})
     return sections
@@ -209,9 +216,7 @@ def load_model_config(path: str | os.PathLike, name: str) -> tuple[Any, Any]:
     from models.registry import model_config  # torch is imported only by stages that train
 
     path = Path(path)
-    raw = read_yaml(path)
-    _check_top_level(path, raw)
-    resolved = resolve_profile(raw)
+    resolved = _resolved(path)
     entries = resolved.get("models") or {}
     if name not in entries:
         raise ParamsError(f"{path}: no 'models.{name}' entry (have: {', '.join(sorted(entries))})")
@@ -221,9 +226,9 @@ def load_model_config(path: str | os.PathLike, name: str) -> tuple[Any, Any]:
         raise ParamsError(f"{path}: unknown key(s) {unknown} in models.{name} (model, train)")
     try:
         model_cfg = model_config(name, entry.get("model") or {})
-    except (KeyError, ValueError) as exc:
-        if isinstance(exc, ValidationError):
-            raise ParamsError(_format_error(path, f"models.{name}.model", exc)) from None
+    except ValidationError as exc:
+        raise ParamsError(_format_error(path, f"models.{name}.model", exc)) from None
+    except (KeyError, ValueError) as exc:  # a name the registry does not know
         raise ParamsError(f"{path}: models.{name}: {exc}") from None
     train_raw = deep_merge(resolved.get("train") or {}, entry.get("train") or {})
     try:
@@ -235,7 +240,4 @@ def load_model_config(path: str | os.PathLike, name: str) -> tuple[Any, Any]:
 
 def load_params_models(path: str | os.PathLike) -> list[str]:
     """Return the model names of the ``models`` section, in file order (the comparison rows)."""
-    path = Path(path)
-    raw = read_yaml(path)
-    _check_top_level(path, raw)
-    return list((resolve_profile(raw).get("models") or {}).keys())
+    return list((_resolved(Path(path)).get("models") or {}).keys())

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -142,13 +141,6 @@ def read_shard(path: str | os.PathLike, size: int | None = None) -> dict[str, np
     return data
 
 
-def iter_shards(slices_dir: str | os.PathLike, split: str) -> Iterator[dict[str, np.ndarray]]:
-    """Yield the shards of ``split`` one at a time (for splits too large to hold in memory)."""
-    index = read_index(slices_dir)
-    for name in _split_entry(index, slices_dir, split)["shards"]:
-        yield read_shard(Path(slices_dir) / name, index["size"])
-
-
 def load_slices(
     slices_dir: str | os.PathLike, split: str
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
@@ -161,7 +153,7 @@ def load_slices(
     index = read_index(slices_dir)
     entry = _split_entry(index, slices_dir, split)
     size = int(index["size"])
-    shards = list(iter_shards(slices_dir, split))
+    shards = [read_shard(Path(slices_dir) / name, size) for name in entry["shards"]]
     empty = {
         "image": np.zeros((0, 1, size, size), np.float32),
         "mask": np.zeros((0, 1, size, size), np.uint8),
