@@ -16,13 +16,18 @@ from pipeline.config import DEFAULT_PARAMS, ParamsError
 COMMANDS: dict[str, tuple[str, str]] = {
     "phantom": ("pipeline.stages.phantom", "write the synthetic abdominal CT cohort (TCIA layout)"),
     "ingest": ("pipeline.stages.ingest", "DICOM series + NIfTI labels -> HU volumes + manifest"),
-    "slices": ("pipeline.stages.slices", "window, resample, crop and split volumes into 2D shards"),
+    "slices": ("pipeline.stages.slices", "window, crop and split volumes or 2D pairs into shards"),
     "mnist": ("pipeline.stages.mnist", "download (or read a mirror of) MNIST / Fashion-MNIST"),
     "classifier": ("pipeline.stages.classifier", "train the in-domain classifier for metrics"),
     "train": ("pipeline.stages.train", "train one registry model with the shared trainer"),
     "sample": ("pipeline.stages.sample", "draw synthetic images from a trained run"),
     "evaluate": ("pipeline.stages.evaluate", "MMD, MS-SSIM, ELBO/KL/IWAE, mode coverage, FID"),
     "report": ("pipeline.stages.report", "comparison table and side-by-side sample figure"),
+    "generate": ("pipeline.stages.generate", "synthetic (image, mask) CT pairs from a trained run"),
+    "ct-features": ("pipeline.stages.ct_features", "train the in-domain CT feature net"),
+    "ct-quality": ("pipeline.stages.ct_quality", "synthetic vs real test CT: MMD, FID, anatomy"),
+    "ct-quality-report": ("pipeline.stages.ct_quality_report", "CT quality comparison table"),
+    "segment": ("pipeline.stages.segment", "MONAI UNet per condition: Dice on held-out patients"),
 }
 
 

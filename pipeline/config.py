@@ -7,15 +7,19 @@ file instead of a silent default. Stages receive the validated section they need
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from models.config import TrainConfig
 from pipeline.params_base import Frozen
+from pipeline.params_ct import CTParams, GenerateParams
 from pipeline.params_eval import ClassifierParams, EvaluateParams, MnistParams
+from pipeline.params_quality import CtFeatureParams, QualityParams
+from pipeline.params_segment import SegmentParams
 
 DEFAULT_PARAMS = "params.yaml"
 
@@ -78,12 +82,64 @@ class SplitParams(Frozen):
         return self
 
 
-class SlicesParams(Frozen):
-    """Window, resample, crop and split the HU volumes into 2D training slices."""
+class PairsIntensity(Frozen):
+    """Linear map from stored pixel value to Hounsfield units: ``HU = scale * pixel + offset``."""
 
+    scale: float = 1.0
+    offset: float = 0.0
+
+    @field_validator("scale")
+    @classmethod
+    def _nonzero(cls, v: float) -> float:
+        if v == 0:
+            raise ValueError("scale must not be 0 (every pixel would read the same HU)")
+        return v
+
+
+class PairsParams(Frozen):
+    """Reading 2D image/mask file pairs (``images/<name>`` + ``masks/<name>``) as CT slices."""
+
+    # Nominal in-plane spacing: the files do not record it (Pancreas-CT scans: 0.66-0.98 mm).
+    pixel_mm: float = Field(0.8, gt=0)
+    intensity: PairsIntensity = PairsIntensity()
+    # Storage order of the rows; "posterior_to_anterior" is DICOM pixel_array order of TCIA
+    # Pancreas-CT. Slices are flipped to anterior -> posterior like every other slice.
+    rows: Literal["posterior_to_anterior", "anterior_to_posterior"] = "posterior_to_anterior"
+    mask_threshold: int = Field(127, ge=0, le=254, description="pancreas where value > this")
+    # Largest share of mask pixels in the mid-grey band (64..191) a binary mask may have:
+    # JPEG ringing puts a few there, a grey-scale image saved as a mask puts most there.
+    max_grey_fraction: float = Field(0.05, ge=0, le=1)
+    # Matched against the file name without its extension; needs groups 'case' and 'slice'.
+    pattern: str = r"^(?P<case>.+)-(?P<slice>\d+)$"
+
+    @field_validator("pattern")
+    @classmethod
+    def _groups(cls, v: str) -> str:
+        try:
+            groups = re.compile(v).groupindex
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression ({exc})") from None
+        missing = sorted({"case", "slice"} - set(groups))
+        if missing:
+            raise ValueError(f"pattern needs named group(s) {missing}, e.g. (?P<case>...)")
+        return v
+
+
+class SlicesParams(Frozen):
+    """Window, resample, crop and split HU volumes (or 2D image/mask pairs) into 2D slices."""
+
+    # Input folder (``gvae slices --input`` overrides it): the ingest output for "volumes", a
+    # folder of images/ + masks/ for "pairs".
+    input: str = "data/volumes"
+    source: Literal["volumes", "pairs"] = "volumes"
+    pairs: PairsParams = PairsParams()
     window: WindowParams = WindowParams()
-    # Square field of view in mm; pixel size is fov_mm / size in every case.
-    fov_mm: float = Field(400.0, gt=0)
+    # Square field of view in mm; pixel size is fov_mm / size in every case. 200 mm covers the
+    # upper abdomen around the pancreas (at 64 px a 3.1 mm pixel).
+    fov_mm: float = Field(200.0, gt=0)
+    # Crop centre: the body centre of each case ("body"), or the body centre plus one fixed
+    # offset, the mean pancreas-minus-body offset of the TRAINING cases ("train_masks").
+    centre: Literal["body", "train_masks"] = "train_masks"
     size: int = Field(64, ge=16)
     negative_fraction: float = Field(0.1, ge=0, le=1)
     shard_size: int = Field(512, ge=1)
@@ -107,6 +163,11 @@ SECTIONS: dict[str, type[Frozen]] = {
     "classifier": ClassifierParams,
     "evaluate": EvaluateParams,
     "train": TrainConfig,
+    "ct": CTParams,
+    "generate": GenerateParams,
+    "ct_features": CtFeatureParams,
+    "ct_quality": QualityParams,
+    "segment": SegmentParams,
 }
 
 
@@ -156,9 +217,10 @@ def load_section(path: str | os.PathLike, section: str, raw: dict[str, Any] | No
         raise ParamsError(_format_error(path, section, exc)) from None
 
 
-PROFILES = ("cpu", "paper")
-# The profile switch and the paper profile's overrides: removed once the profile is applied.
-PROFILE_KEYS = ("profile", "paper")
+PROFILES = ("cpu", "full", "paper")
+# The profile switch and the override blocks of the non-default profiles (a block is named after
+# its profile): removed once the profile is applied.
+PROFILE_KEYS = ("profile", "full", "paper")
 # Top-level keys that are not pydantic sections (``models`` is validated per registry entry).
 SPECIAL_KEYS = {*PROFILE_KEYS, "models"}
 
@@ -168,9 +230,13 @@ def _check_top_level(path: Path, raw: dict[str, Any]) -> None:
     unknown = sorted(set(raw) - set(SECTIONS) - SPECIAL_KEYS)
     if unknown:
         raise ParamsError(f"{path}: unknown key(s) {', '.join(repr(k) for k in unknown)}")
-    bad_override = sorted(set(raw.get("paper") or {}) - set(SECTIONS) - {"models"})
-    if bad_override:
-        raise ParamsError(f"{path}: unknown key(s) under 'paper': {bad_override}")
+    for block in PROFILE_KEYS[1:]:
+        bad_override = sorted(set(raw.get(block) or {}) - set(SECTIONS) - {"models"})
+        if bad_override:
+            raise ParamsError(f"{path}: unknown key(s) under '{block}': {bad_override}")
+        # dvc.yaml expands its CT stages from the top-level list; a profile cannot change it.
+        if "models" in ((raw.get(block) or {}).get("ct") or {}):
+            raise ParamsError(f"{path}: '{block}.ct.models' is not allowed; set ct.models itself")
     if raw.get("profile", "cpu") not in PROFILES:
         raise ParamsError(f"{path}: profile must be one of {PROFILES}, got {raw.get('profile')!r}")
 
@@ -187,14 +253,16 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def resolve_profile(raw: dict[str, Any]) -> dict[str, Any]:
-    """Apply the ``paper`` overrides when ``profile: paper``; the one switch for GPU runs.
+    """Apply the block of the selected profile; ``profile`` is the one switch of run size.
 
-    The default profile (``cpu``) is what the sections say; ``paper`` deep-merges the
-    ``paper:`` block (paper widths, latent 1000, batch 32, full epochs) over them.
+    The default profile (``cpu``) is what the sections say (whole ``dvc repro`` in minutes on two
+    cores); ``full`` deep-merges the ``full:`` block (the complete CT grid on CPU, hours) and
+    ``paper`` the ``paper:`` block (paper widths, latent 1000, batch 32, 128 px; GPU) over them.
     """
     sections = {k: v for k, v in raw.items() if k not in PROFILE_KEYS}
-    if raw.get("profile", "cpu") == "paper":
-        return deep_merge(sections, raw.get("paper") or {})
+    profile = raw.get("profile", "cpu")
+    if profile != "cpu":
+        return deep_merge(sections, raw.get(profile) or {})
     return sections
 
 
@@ -205,8 +273,11 @@ def load_params(path: str | os.PathLike = DEFAULT_PARAMS) -> dict[str, Any]:
     return {name: load_section(path, name, raw) for name in SECTIONS}
 
 
-def load_model_config(path: str | os.PathLike, name: str) -> tuple[Any, Any]:
+def load_model_config(path: str | os.PathLike, name: str, ct: bool = False) -> tuple[Any, Any]:
     """Return ``(model_config, train_config)`` for ``models.<name>``, profile applied.
+
+    With ``ct=True`` the ``ct.model`` and ``ct.train`` overrides are merged over the entry's
+    ``model`` and the shared ``train`` (CT pairs get their own budget, same architecture code).
 
     A model entry is ``{model: {...}, train: {...}}``: ``model`` is validated by the registry's
     config class for ``name``, ``train`` overrides the shared ``train`` section for this model
@@ -224,13 +295,18 @@ def load_model_config(path: str | os.PathLike, name: str) -> tuple[Any, Any]:
     unknown = sorted(set(entry) - {"model", "train"})
     if unknown:
         raise ParamsError(f"{path}: unknown key(s) {unknown} in models.{name} (model, train)")
+    model_raw, train_over = entry.get("model") or {}, entry.get("train") or {}
+    if ct:
+        ct_params = load_section(path, "ct", resolved)
+        model_raw = deep_merge(model_raw, ct_params.model)
+        train_over = deep_merge(train_over, ct_params.train)
     try:
-        model_cfg = model_config(name, entry.get("model") or {})
+        model_cfg = model_config(name, model_raw)
     except ValidationError as exc:
         raise ParamsError(_format_error(path, f"models.{name}.model", exc)) from None
     except (KeyError, ValueError) as exc:  # a name the registry does not know
         raise ParamsError(f"{path}: models.{name}: {exc}") from None
-    train_raw = deep_merge(resolved.get("train") or {}, entry.get("train") or {})
+    train_raw = deep_merge(resolved.get("train") or {}, train_over)
     try:
         train_cfg = SECTIONS["train"].model_validate(train_raw)
     except ValidationError as exc:

@@ -24,6 +24,11 @@ TINY = {
     "classifier": {"steps": 30},
     "train": {"steps": 4, "checkpoint_every": 2, "sample_every": 2, "batch_size": 8},
     "evaluate": {"n_samples": 64, "iw_samples": 4, "iw_images": 16, "ms_ssim_pairs": 16},
+    "ct": {"train": {"steps": 2, "batch_size": 4, "checkpoint_every": 2, "sample_every": 2}},
+    "generate": {"n": 16},
+    "ct_features": {"steps": 5, "batch_size": 8},
+    "ct_quality": {"n_samples": 64, "ms_ssim_pairs": 8},
+    "segment": {"steps": 3, "batch_size": 4, "n_boot": 200},
 }
 
 
@@ -68,6 +73,15 @@ def test_dvc_repro_whole_dag(tmp_path, real_data_dir):
     ran = _stages_run(first)
     assert {"phantom", "ingest", "slices", "report@mnist", "report@fashion_mnist"} <= ran
     assert {f"train@mnist-{m}" for m in params["models"]} <= ran
+    ct_models = params["ct"]["models"]
+    assert {f"train_ct@{m}" for m in ct_models} | {f"generate@{m}" for m in ct_models} <= ran
+    assert {"ct_features", "ct_quality_real", "ct_quality_report", "segment"} <= ran
+    quality = (work / "data/ct/quality_report/table.md").read_text()
+    for model in ct_models:
+        assert model in quality
+    seg = (work / "data/ct/segment/table.md").read_text()
+    assert "real+classical" in seg and "real+syn:gvae" in seg
+    assert (work / "data/ct/segment/dice_vs_size.png").stat().st_size > 1000
     manifest = yaml.safe_load((work / "data/volumes/manifest.json").read_text())
     assert [row["status"] for row in manifest] == ["ok"] * 5
     assert (work / "data/slices/index.json").is_file()

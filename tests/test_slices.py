@@ -24,7 +24,7 @@ from pipeline.split import split_cases
 from pipeline.stages.slices import run
 
 # fov 100 mm on 32 px -> 3.125 mm pixels: a 4x downsample of the ~0.8 mm synthetic input.
-TINY = SlicesParams(fov_mm=100.0, size=32, negative_fraction=1.0, shard_size=8)
+TINY = SlicesParams(fov_mm=100.0, size=32, negative_fraction=1.0, shard_size=8, centre="body")
 
 
 def tcia_affine(sx: float, sy: float, sz: float) -> np.ndarray:
@@ -38,15 +38,20 @@ def phantom(
     radius_mm=35.0,
     centre_mm=(0.0, 0.0),
     pancreas_slices=range(3, 6),
+    box_mm=(0.0, 0.0),
 ):
-    """Return ``(hu int16, label uint8, affine)``: a disc of 40 HU in air, a labelled box."""
+    """Return ``(hu int16, label uint8, affine)``: a disc of 40 HU in air, a labelled box.
+
+    ``box_mm`` moves the box from the disc centre: +x towards the patient's left, +y anterior.
+    """
     cols, rows, n = shape
     x = (np.arange(cols) - (cols - 1) / 2) * spacing[0] - centre_mm[0]
     y = (np.arange(rows) - (rows - 1) / 2) * spacing[1] - centre_mm[1]
     disc = (x[:, None] ** 2 + y[None, :] ** 2) <= radius_mm**2  # (cols, rows)
     hu = np.where(disc[..., None], 40, -1000).astype(np.int16).repeat(n, axis=2)
     label = np.zeros(shape, np.uint8)
-    box = (np.abs(x[:, None] - centre_mm[0]) < 10) & (np.abs(y[None, :] - centre_mm[1]) < 6)
+    bx, by = x - box_mm[0], y - box_mm[1]
+    box = (np.abs(bx[:, None]) < 10) & (np.abs(by[None, :]) < 6)
     for k in pancreas_slices:
         label[..., k] = box
         hu[..., k][box] = 100
@@ -124,7 +129,8 @@ def test_same_physical_size_for_different_spacings():
 def test_crop_is_centred_on_the_body_and_padded_with_air():
     # Body 20 mm right-posterior of the volume centre; the output must be centred on it anyway.
     hu, label, affine = phantom(centre_mm=(-20.0, -15.0), radius_mm=25, pancreas_slices=[])
-    params = SlicesParams(fov_mm=150.0, size=32, negative_fraction=1.0)  # fov > the 77 mm input
+    # fov > the 77 mm input
+    params = SlicesParams(fov_mm=150.0, size=32, negative_fraction=1.0, centre="body")
     img = slice_case(hu, label, affine, params, "c").image[0, 0]
     rows, cols = np.nonzero(img > -0.9)
     assert abs(rows.mean() - 15.5) < 0.75 and abs(cols.mean() - 15.5) < 0.75
@@ -304,7 +310,8 @@ def test_contact_sheet_is_a_real_image_with_red_contours(tmp_path):
 
 
 # ----------------------------------------------------------------------------- end to end
-def _five_cases():
+def five_cases():
+    """Five phantom cases of 0.66-0.98 mm pixels with 2-4 pancreas slices each."""
     cases = {}
     for i in range(5):
         sp = 0.66 + 0.08 * i
@@ -316,7 +323,7 @@ def _five_cases():
 
 
 def test_cli_end_to_end_skips_error_cases(tmp_path, capsys):
-    volumes = write_volumes(tmp_path / "volumes", _five_cases(), errors=["PANCREAS_0077"])
+    volumes = write_volumes(tmp_path / "volumes", five_cases(), errors=["PANCREAS_0077"])
     params = tmp_path / "params.yaml"
     params.write_text(
         "slices:\n  fov_mm: 100\n  size: 32\n  negative_fraction: 0.5\n  shard_size: 4\n"
@@ -329,7 +336,7 @@ def test_cli_end_to_end_skips_error_cases(tmp_path, capsys):
     assert index["size"] == 32 and index["pixel_mm"] == pytest.approx(100 / 32)
     assert index["skipped"] == [{"case_id": "PANCREAS_0077", "error": "ingest: missing slice 7"}]
     assigned = [c for s in ("train", "val", "test") for c in index["splits"][s]["cases"]]
-    assert sorted(assigned) == sorted(_five_cases()) and len(set(assigned)) == 5
+    assert sorted(assigned) == sorted(five_cases()) and len(set(assigned)) == 5
     total = 0
     for split, entry in index["splits"].items():
         images, masks, meta = load_slices(out, split)
@@ -348,7 +355,7 @@ def test_cli_end_to_end_skips_error_cases(tmp_path, capsys):
 
 
 def test_unreadable_case_is_skipped_and_named(tmp_path):
-    cases = _five_cases()
+    cases = five_cases()
     volumes = write_volumes(tmp_path / "volumes", cases)
     (volumes / "PANCREAS_0002" / "label.nii.gz").write_bytes(b"not a nifti")
     summary = run(TINY, volumes, tmp_path / "out")
@@ -358,7 +365,7 @@ def test_unreadable_case_is_skipped_and_named(tmp_path):
 
 
 def test_cli_too_few_cases_is_a_clear_error(tmp_path, capsys):
-    volumes = write_volumes(tmp_path / "volumes", dict(list(_five_cases().items())[:2]))
+    volumes = write_volumes(tmp_path / "volumes", dict(list(five_cases().items())[:2]))
     params = tmp_path / "p.yaml"
     params.write_text("slices: {size: 32}\n")
     argv = [
@@ -380,7 +387,7 @@ def test_ct_training_pairs_are_image_and_mask_channels(tmp_path):
     """The generative stages see each slice as (image, mask) in [-1, 1]: labels come along."""
     from pipeline.datasets import load_images
 
-    volumes = write_volumes(tmp_path / "volumes", _five_cases())
+    volumes = write_volumes(tmp_path / "volumes", five_cases())
     out = tmp_path / "slices"
     run(SlicesParams(fov_mm=100, size=32, shard_size=4), volumes, out)
     images, masks, _ = load_slices(out, "train")

@@ -1,9 +1,11 @@
-"""``gvae slices``: HU volumes -> windowed, resampled 2D slices in shards per patient-level split.
+"""``gvae slices``: HU volumes or 2D pairs -> windowed, resampled 2D slices in shards per split.
 
-Reads the ingest stage's folder (``manifest.json`` + ``<case>/image.nii.gz``, ``label.nii.gz``)
-and writes one output folder atomically (format in ``pipeline.io.shards``), so a rerun never
-leaves a half-written folder behind. The numerical work lives in ``pipeline.slicing`` and
-``pipeline.split``; this module only reads, loops and writes.
+Reads the ingest stage's folder (``manifest.json`` + ``<case>/image.nii.gz``, ``label.nii.gz``),
+or with ``slices.source: pairs`` a folder of 2D ``images/`` + ``masks/``
+(``pipeline.cohort.pairs``), and writes one output folder atomically (format in
+``pipeline.io.shards``), so a rerun never leaves a half-written folder behind. The numerical work
+lives in ``pipeline.slicing``, ``pipeline.cohort.pairs`` and ``pipeline.split``; this module only
+reads, loops and writes.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import sys
 import zlib
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +24,12 @@ import nibabel as nib
 import numpy as np
 
 from pipeline.cli import StageError
+from pipeline.cohort import pairs as pairs_core
 from pipeline.config import SlicesParams, load_section
 from pipeline.io.atomic import atomic_dir, write_json
 from pipeline.io.shards import FORMAT, INDEX_NAME, ShardWriter
 from pipeline.qc import Panel, best_panel, spread, write_contact_sheet
-from pipeline.slicing import slice_case
+from pipeline.slicing import CaseSlices, case_offset_mm, mean_offset_mm, slice_case
 from pipeline.split import SPLITS, SplitError, check_disjoint, split_cases
 
 MANIFEST_NAME = "manifest.json"
@@ -82,15 +86,24 @@ def read_case(case_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return arrays[0], arrays[1], affines[0]
 
 
-def run(params: SlicesParams, volumes_dir: str | os.PathLike, out_dir: str | os.PathLike) -> dict:
-    """Slice every usable case of ``volumes_dir`` into ``out_dir``; return a summary dict.
+def run(params: SlicesParams, in_dir: str | os.PathLike, out_dir: str | os.PathLike) -> dict:
+    """Slice the input folder into ``out_dir`` by ``params.source``; return a summary dict.
 
-    Cases whose manifest status is not ``ok``, or whose files cannot be read, are skipped and
+    ``volumes``: the ingest stage's folder (``manifest.json`` + NIfTI per case). ``pairs``: a
+    folder of 2D ``images/`` + ``masks/`` (``pipeline.cohort.pairs``). Both go through the same
+    ROI centre, resample + crop and window cores and the same shard writer.
+    """
+    if params.source == "pairs":
+        return _run_pairs(params, Path(in_dir), Path(out_dir))
+    return _run_volumes(params, Path(in_dir), Path(out_dir))
+
+
+def _run_volumes(params: SlicesParams, volumes_dir: Path, out_dir: Path) -> dict:
+    """Cases whose manifest status is not ``ok``, or whose files cannot be read, are skipped and
     listed under ``skipped`` (in the summary and in ``index.json``). The patient-level split is
     decided from the manifest's ok cases before any file is read, so it depends only on the
     params and the set of ok case ids.
     """
-    volumes_dir, out_dir = Path(volumes_dir), Path(out_dir)
     ok, skipped = read_manifest(volumes_dir / MANIFEST_NAME)
     if not ok:
         raise StageError(f"{volumes_dir / MANIFEST_NAME}: no case with status 'ok'")
@@ -98,6 +111,105 @@ def run(params: SlicesParams, volumes_dir: str | os.PathLike, out_dir: str | os.
     for s in skipped:
         print(f"gvae slices: skipping {s['case_id']}: {s['error']}", file=sys.stderr)
 
+    def offset_of(cid: str) -> tuple[float, float] | None:
+        try:
+            return case_offset_mm(*read_case(volumes_dir / cid))
+        except ValueError:
+            return None  # unreadable: skipped and named when the case is sliced below
+
+    offset, roi = _roi(params, splits["train"], offset_of, "body: centroid of HU > -500")
+
+    def slice_one(cid: str) -> CaseSlices:
+        hu, label, affine = read_case(volumes_dir / cid)
+        return slice_case(hu, label, affine, params, cid, offset_mm=offset)
+
+    inputs = {"source": "volumes", "selection": "pancreas slices + negative_fraction of the rest"}
+    return _write(params, splits, slice_one, skipped, {"roi": roi, "input": inputs}, out_dir)
+
+
+def _run_pairs(params: SlicesParams, pairs_dir: Path, out_dir: Path) -> dict:
+    """Every pair is read and kept; any bad file stops the stage with its name (no skipping):
+    a collection of hand-picked slices with a broken file is a data problem to fix, not to hide.
+    """
+    p = params.pairs
+    try:
+        cases = pairs_core.find_pairs(pairs_dir, p.pattern)
+    except ValueError as exc:
+        raise StageError(str(exc)) from None
+    splits = split_cases(list(cases), params.split)
+    if not splits["train"]:
+        raise SplitError(
+            "leaves no patient in train; the models and the ROI offset need training cases"
+        )
+
+    def offset_of(cid: str) -> tuple[float, float] | None:
+        return pairs_core.case_offset_mm(pairs_core.read_case_masks(cases[cid], p), p)
+
+    offset, roi = _roi(params, splits["train"], _fatal(offset_of), "image centre")
+
+    def slice_one(cid: str) -> CaseSlices:
+        hu_d, mask_d = pairs_core.read_case(cases[cid], p)
+        index = np.array([q.slice_index for q in cases[cid]], dtype=np.int64)
+        return pairs_core.slice_pairs_case(hu_d, mask_d, index, params, offset_mm=offset)
+
+    inputs = {
+        "source": "pairs",
+        **p.model_dump(),
+        "selection": "every pair kept (negative_fraction does not apply)",
+    }
+    axes = {**AXES, "slice_index": "the <slice> number of the pair's file name"}
+    extra = {"roi": roi, "input": inputs, "axes": axes}
+    return _write(params, splits, _fatal(slice_one), [], extra, out_dir)
+
+
+def _fatal(fn: Callable[[str], Any]) -> Callable[[str], Any]:
+    """Turn a ``ValueError`` of ``fn`` into a ``StageError``: stop the stage, do not skip."""
+
+    def wrapped(cid: str) -> Any:
+        try:
+            return fn(cid)
+        except ValueError as exc:
+            raise StageError(str(exc)) from None
+
+    return wrapped
+
+
+def _roi(
+    params: SlicesParams,
+    train: list[str],
+    offset_of: Callable[[str], tuple[float, float] | None],
+    body: str,
+) -> tuple[tuple[float, float], dict[str, Any]]:
+    """The crop offset (mm) added to every case's body centre and its record for index.json.
+
+    ``train_masks``: the mean pancreas offset of the TRAINING cases only (``mean_offset_mm``);
+    val/test masks are never read here, so they cannot move the crop (no leakage).
+    """
+    record: dict[str, Any] = {"centre": params.centre, "body_centre": body, "axes": "(row, col)"}
+    if params.centre == "body":
+        return (0.0, 0.0), {**record, "offset_mm": [0.0, 0.0], "from_cases": []}
+    if not train:
+        raise SplitError("leaves no patient in train; slices.centre: train_masks needs them")
+    try:
+        offset, used = mean_offset_mm({cid: offset_of(cid) for cid in train})
+    except ValueError as exc:
+        raise StageError(str(exc)) from None  # the message names slices.centre
+    return offset, {**record, "offset_mm": list(offset), "from_cases": used}
+
+
+def _write(
+    params: SlicesParams,
+    splits: dict[str, list[str]],
+    slice_one: Callable[[str], CaseSlices],
+    skipped: list[dict[str, str]],
+    extra: dict[str, Any],
+    out_dir: Path,
+) -> dict:
+    """Slice every case of ``splits`` with ``slice_one`` and write the folder atomically.
+
+    A ``ValueError`` of ``slice_one`` skips that case (named in ``skipped``); anything else
+    aborts and leaves ``out_dir`` as it was.
+    """
     cases: dict[str, dict[str, Any]] = {}
     entries: dict[str, dict[str, Any]] = {}
     panels: list[Panel] = []
@@ -106,8 +218,7 @@ def run(params: SlicesParams, volumes_dir: str | os.PathLike, out_dir: str | os.
             writer = ShardWriter(tmp / split, params.shard_size, prefix=f"{split}/")
             for cid in splits[split]:
                 try:
-                    hu, label, affine = read_case(volumes_dir / cid)
-                    cs = slice_case(hu, label, affine, params, cid)
+                    cs = slice_one(cid)
                 except ValueError as exc:
                     skipped.append({"case_id": cid, "error": f"slices: {exc}"})
                     print(f"gvae slices: skipping {cid}: {exc}", file=sys.stderr)
@@ -135,7 +246,7 @@ def run(params: SlicesParams, volumes_dir: str | os.PathLike, out_dir: str | os.
         check_disjoint({s: e["cases"] for s, e in entries.items()})
         panels.sort(key=lambda p: p.title)  # by case id, not by split
         write_contact_sheet(tmp / CONTACT_SHEET_NAME, spread(panels, MAX_QC_PANELS))
-        write_json(tmp / INDEX_NAME, _index(params, entries, cases, skipped))
+        write_json(tmp / INDEX_NAME, {**_index(params, entries, cases, skipped), **extra})
 
     return {
         "out": str(out_dir),
@@ -144,6 +255,7 @@ def run(params: SlicesParams, volumes_dir: str | os.PathLike, out_dir: str | os.
         "positive": sum(e["positive"] for e in entries.values()),
         "negative": sum(e["negative"] for e in entries.values()),
         "skipped": skipped,
+        "roi": extra["roi"],
     }
 
 
@@ -154,7 +266,7 @@ def _index(params: SlicesParams, entries: dict, cases: dict, skipped: list) -> d
         "pixel_mm": params.fov_mm / params.size,
         "fov_mm": params.fov_mm,
         "window": {"level": params.window.level, "width": params.window.width},
-        "negative_fraction": params.negative_fraction,
+        "negative_fraction": params.negative_fraction if params.source == "volumes" else None,
         "seed": params.seed,
         "shard_size": params.shard_size,
         "axes": AXES,
@@ -166,19 +278,27 @@ def _index(params: SlicesParams, entries: dict, cases: dict, skipped: list) -> d
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``gvae slices`` options."""
-    parser.add_argument("--volumes", required=True, help="ingest output folder (manifest.json)")
+    """Add the ``gvae slices`` options; ``--volumes`` is the older name of ``--input``."""
+    parser.add_argument(
+        "--input",
+        "--volumes",
+        dest="input",
+        help="input folder (default: slices.input): the ingest output (slices.source: volumes) "
+        "or a folder of images/ + masks/ (slices.source: pairs)",
+    )
     parser.add_argument("--out", required=True, help="output folder, replaced atomically")
 
 
 def main(args: argparse.Namespace) -> int:
     """Run the stage from parsed arguments; print a one-line summary; return the exit code."""
     params = load_section(args.params, "slices")
+    if args.input is not None:
+        params = params.model_copy(update={"input": args.input})
     try:
-        summary = run(params, args.volumes, args.out)
+        summary = run(params, params.input, args.out)
     except SplitError as exc:
         # Data problems are reported per case inside run(); a split that cannot be made from
-        # the ingested cases (too few, unlisted or unknown ids) is a settings problem.
+        # the input cases (too few, unlisted or unknown ids, no train) is a settings problem.
         raise StageError(f"{args.params}: slices.split: {exc}") from None
     counts = ", ".join(
         f"{s} {summary['cases'][s]} cases / {summary['slices'][s]} slices" for s in SPLITS

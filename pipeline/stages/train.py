@@ -2,7 +2,15 @@
 
 Thin I/O around :func:`models.trainer.train`; the model and trainer configs come from
 ``params.yaml`` (``models.<name>`` and ``train``, with the ``paper`` profile applied when
-``profile: paper``), and both are stored in the checkpoint so ``generate`` rebuilds the network.
+``profile: paper``; for CT also the ``ct`` overrides), and both are stored in the checkpoint so
+``generate`` rebuilds the network.
+
+CT runs train on (image, mask) pairs of the slices folder's TRAINING split only, optionally on
+the patient subset of a low-data regime (``--fraction``): the subset is
+:func:`pipeline.augment.experiment.training_subset`, the very function the segmentation
+experiment uses, so a generator never sees a patient its segmentation network may not see.
+The run folder's ``data.json`` records the slices' geometry (size, pixel spacing, window) and
+the patients used, which ``generate`` carries into its output and checks against.
 """
 
 from __future__ import annotations
@@ -10,9 +18,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.config import load_model_config
-from pipeline.datasets import DATASETS, load_images
+from pipeline.cli import StageError
+from pipeline.config import load_model_config, load_section
+from pipeline.datasets import CT, DATASETS, load_images
 from pipeline.io.atomic import write_json
+
+DATA_JSON = "data.json"
+
+
+def fraction_dirname(fraction: float) -> str:
+    """Sub-folder of one training-patient fraction in a per-model CT folder: ``f1.0``, ``f0.25``."""
+    return f"f{float(fraction)}"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,8 +37,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True, choices=DATASETS)
     parser.add_argument("--data", required=True, type=Path, help="output of the data stage")
     parser.add_argument("--out", required=True, type=Path, help="run folder (checkpoint, logs)")
+    parser.add_argument(
+        "--fraction",
+        type=float,
+        default=None,
+        help="CT only: train on this fraction of the training patients (segment.* subset rule)",
+    )
+    parser.add_argument(
+        "--each-fraction",
+        action="store_true",
+        help="CT only: one run per segment.fractions entry, into OUT/f<fraction>",
+    )
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def ct_training_cases(params_path: Path, data_dir: Path, fraction: float | None) -> list[str]:
+    """The training patients of a CT run: the train split, or its ``fraction`` subset."""
+    from pipeline.augment.experiment import training_subset
+    from pipeline.io.shards import read_index
+
+    train_cases = list(read_index(data_dir)["splits"]["train"]["cases"])
+    if not train_cases:
+        raise StageError(f"{data_dir}: the train split has no patient")
+    if fraction is None:
+        return sorted(train_cases)
+    seg = load_section(params_path, "segment")
+    try:
+        return training_subset(train_cases, fraction, seg.subset_seed, seg.min_patients)
+    except ValueError as exc:
+        raise StageError(f"{params_path}: --fraction {fraction}: {exc}") from None
+
+
+def _data_record(data_dir: Path, cases: list[str], fraction: float | None, n: int) -> dict:
+    from pipeline.io.shards import read_index
+
+    index = read_index(data_dir)
+    keys = ("size", "pixel_mm", "fov_mm", "window", "axes")
+    return {
+        "dataset": "pancreas",
+        "slices": str(data_dir),
+        **{k: index.get(k) for k in keys},
+        "fraction": fraction,
+        "cases": cases,
+        "n_pairs": n,
+    }
 
 
 def run(
@@ -33,6 +92,7 @@ def run(
     out_dir: Path,
     resume: bool = False,
     progress: bool = True,
+    fraction: float | None = None,
 ) -> dict:
     """Train ``model_name`` on ``dataset``'s train split; write the run folder; return a summary."""
     import torch
@@ -40,13 +100,26 @@ def run(
     from models.registry import build_model
     from models.trainer import train
 
-    model_cfg, train_cfg = load_model_config(params_path, model_name)
-    images, _ = load_images(dataset, data_dir, "train")
+    is_ct = dataset in CT
+    if fraction is not None and not is_ct:
+        raise StageError(f"--fraction selects CT training patients; {dataset} has none")
+    model_cfg, train_cfg = load_model_config(params_path, model_name, ct=is_ct)
+    cases = ct_training_cases(params_path, data_dir, fraction) if is_ct else None
+    images, _ = load_images(dataset, data_dir, "train", cases=cases)
+    if len(images) < train_cfg.batch_size:
+        raise StageError(
+            f"{data_dir}: {len(images)} training pairs of {len(cases or [])} patient(s) are fewer "
+            f"than one batch ({train_cfg.batch_size}); lower ct.train.batch_size or add patients"
+        )
     # The trainer seeds everything after construction; initial weights are seeded here.
     torch.manual_seed(train_cfg.seed)
     model = build_model(model_name, model_cfg, channels=images.shape[1], size=images.shape[-1])
+    if is_ct:
+        write_json(out_dir / DATA_JSON, _data_record(data_dir, cases, fraction, len(images)))
     summary = train(model, images, train_cfg, out_dir, resume=resume, progress=progress)
-    summary = {"model": model_name, "dataset": dataset, **summary}
+    summary = {"model": model_name, "dataset": dataset, "n_train": len(images), **summary}
+    if is_ct:
+        summary["cases"] = cases
     if summary.get("steps_run") or not (out_dir / "summary.json").exists():
         # A resume with nothing left to run keeps the figures of the run that did the work.
         write_json(out_dir / "summary.json", summary)
@@ -54,17 +127,32 @@ def run(
 
 
 def main(args: argparse.Namespace) -> int:
-    """CLI entry: train and print the summary line."""
-    summary = run(
-        Path(args.params),
-        args.model,
-        args.dataset,
-        args.data,
-        args.out,
-        resume=args.resume,
-        progress=not args.no_progress,
-    )
-    rate = summary.get("img_per_s")
-    speed = f", {rate:.1f} img/s" if rate else " (nothing left to run)"
-    print(f"{summary['model']} on {summary['dataset']}: {summary.get('steps')} steps{speed}")
+    """CLI entry: train (once, or once per fraction) and print a summary line per run."""
+    if args.each_fraction and args.fraction is not None:
+        raise StageError("give --fraction F or --each-fraction, not both")
+    if args.each_fraction:
+        fractions = load_section(args.params, "segment").fractions
+        runs = [(f, args.out / fraction_dirname(f)) for f in fractions]
+    else:
+        runs = [(args.fraction, args.out)]
+    for fraction, out in runs:
+        summary = run(
+            Path(args.params),
+            args.model,
+            args.dataset,
+            args.data,
+            out,
+            resume=args.resume,
+            progress=not args.no_progress,
+            fraction=fraction,
+        )
+        rate = summary.get("img_per_s")
+        speed = (
+            f", {rate:.1f} img/s, {summary['seconds']:.0f} s" if rate else " (nothing left to run)"
+        )
+        where = "" if fraction is None else f" ({len(summary.get('cases', []))} patients)"
+        print(
+            f"{summary['model']} on {summary['dataset']}{where}: {summary.get('steps')} "
+            f"steps{speed} -> {out}"
+        )
     return 0

@@ -1,0 +1,1 @@
+"""Augmentation phase: synthetic slice generation, quality and memorization checks, segmentation."""

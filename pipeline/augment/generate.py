@@ -1,0 +1,121 @@
+"""Pure cores of ``gvae generate``: a generator's 2-channel output -> labelled synthetic slices.
+
+A CT generator is trained on (image, mask) pairs in [-1, 1] (``pipeline.datasets``), so each
+sample G(z) carries its own label in channel 1. Thresholding that channel gives the mask; the
+masks a segmentation network should not learn from are then sorted out by explicit rules:
+
+* ``empty``: no mask pixel. The image is still a plausible abdominal slice, so by default it is
+  kept as a pancreas-free negative, as real cohorts keep some negatives (``slices``).
+* ``tiny``: a mask smaller than ``min_area_mm2``, a speck rather than a pancreas cross-section
+  (the smallest real cross-sections at the organ's ends are a few mm across). Labelling it
+  pancreas teaches noise and calling it background contradicts the drawn label: dropped.
+* ``fragmented``: more 8-connected components than ``max_components``. Head, body and tail can
+  part on one axial slice, so a few components are anatomy; more are a generator's scatter.
+* ``ok``: everything else, always kept.
+
+Nothing here reads or writes files.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from pipeline.params_ct import GenerateParams
+
+KINDS = ("ok", "empty", "tiny", "fragmented")
+# 8-connectivity: diagonal neighbours belong to one component, as a reader would see them.
+_EIGHT = np.ones((3, 3), dtype=bool)
+
+
+def split_pair(samples: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 2, S, S) generator output -> (image (N, 1, S, S) float32 in [-1, 1], mask uint8).
+
+    The mask is channel 1 > ``threshold``; the image is channel 0 clipped to [-1, 1] (tanh
+    outputs already lie there; the clip only guards against bf16 rounding).
+    """
+    x = np.asarray(samples)
+    if x.ndim != 4 or x.shape[1] != 2:
+        raise ValueError(f"expected (N, 2, S, S) image + mask samples, got shape {x.shape}")
+    image = np.clip(x[:, :1], -1.0, 1.0).astype(np.float32)
+    mask = (x[:, 1:] > threshold).astype(np.uint8)
+    return image, mask
+
+
+def mask_kind(mask: np.ndarray, pixel_mm: float, min_area_mm2: float, max_components: int) -> str:
+    """The kind (``KINDS``) of one 2D binary mask under the module's rules."""
+    m = np.asarray(mask, dtype=bool)
+    if not m.any():
+        return "empty"
+    if m.sum() * pixel_mm**2 < min_area_mm2:
+        return "tiny"
+    _, n_components = ndimage.label(m, structure=_EIGHT)
+    return "fragmented" if n_components > max_components else "ok"
+
+
+def classify(mask: np.ndarray, pixel_mm: float, params: GenerateParams) -> list[str]:
+    """Kinds of every mask of an (N, 1, S, S) stack."""
+    return [
+        mask_kind(m[0], pixel_mm, params.min_area_mm2, params.max_components) for m in mask
+    ]
+
+
+def keep(kinds: list[str], params: GenerateParams) -> np.ndarray:
+    """Boolean (N,): which samples the policy keeps (``ok`` always)."""
+    policy = {"ok": "keep", "empty": params.empty, "tiny": params.tiny}
+    policy["fragmented"] = params.fragmented
+    return np.array([policy[k] == "keep" for k in kinds], dtype=bool)
+
+
+@dataclass(frozen=True)
+class Generated:
+    """Kept synthetic pairs and the bookkeeping of every sample drawn."""
+
+    image: np.ndarray  # (N, 1, S, S) float32 in [-1, 1]
+    mask: np.ndarray  # (N, 1, S, S) uint8 in {0, 1}
+    draw_index: np.ndarray  # (N,) int64: position of each kept sample among all drawn
+    drawn: int
+    counts: dict[str, int]  # drawn samples per kind
+    kept_counts: dict[str, int]  # kept samples per kind
+
+
+def generate_pairs(
+    model: torch.nn.Module, n: int, pixel_mm: float, params: GenerateParams, seed: int
+) -> Generated:
+    """Draw from ``model`` until ``n`` samples are kept or ``max_draw_factor * n`` are drawn.
+
+    Sampling is seeded (a CPU ``torch.Generator``), so a checkpoint, ``n``, ``seed`` and the
+    params give the same pairs. Returns at most ``n`` kept pairs in draw order.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    limit = int(np.ceil(params.max_draw_factor * n))
+    images, masks, index, kinds_all, kept_kinds = [], [], [], [], []
+    drawn = kept = 0
+    while kept < n and drawn < limit:
+        batch = min(params.batch_size, limit - drawn)
+        samples = model.sample(batch, generator=gen).float().cpu().numpy()
+        image, mask = split_pair(samples, params.mask_threshold)
+        kinds = classify(mask, pixel_mm, params)
+        take = np.flatnonzero(keep(kinds, params))[: n - kept]
+        images.append(image[take])
+        masks.append(mask[take])
+        index.append(drawn + take)
+        kinds_all += kinds
+        kept_kinds += [kinds[i] for i in take]
+        drawn += batch
+        kept += len(take)
+    size = model.size
+    return Generated(
+        image=np.concatenate(images) if images else np.zeros((0, 1, size, size), np.float32),
+        mask=np.concatenate(masks) if masks else np.zeros((0, 1, size, size), np.uint8),
+        draw_index=np.concatenate(index).astype(np.int64) if index else np.zeros(0, np.int64),
+        drawn=drawn,
+        counts={k: Counter(kinds_all)[k] for k in KINDS},
+        kept_counts={k: Counter(kept_kinds)[k] for k in KINDS},
+    )
