@@ -6,6 +6,7 @@ reruns only ``slices``.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -95,7 +96,20 @@ def test_dvc_repro_whole_dag(tmp_path, real_data_dir):
     second = _run(["dvc", "repro"], work, env)
     assert _stages_run(second) == set(), second
 
-    params["slices"]["window"] = {"level": 50, "width": 350}
+    # A quality setting reruns the quality stages and their table, nothing else.
+    params["ct_quality"]["seed"] = 1
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     third = _run(["dvc", "repro"], work, env)
-    assert _stages_run(third) == {"slices"}, third
+    quality = {f"ct_quality@{m}" for m in ct_models} | {"ct_quality_real", "ct_quality_report"}
+    assert _stages_run(third) == quality, third
+
+    # The window invalidates `slices` alone (the CT stages follow through their data, not their
+    # params; the MNIST stages not at all). `dvc status` shows it without rerunning the CT grid.
+    params["slices"]["window"] = {"level": 50, "width": 350}
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    proc = subprocess.run(
+        ["dvc", "status", "--json"], cwd=work, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    status = json.loads(proc.stdout)
+    assert set(status) == {"slices"}, status

@@ -120,6 +120,9 @@ def test_generate_pairs_policy_and_counts(policy):
     got = generate_pairs(_Scripted(), 20, 1.0, params, seed=0)
     assert len(got.image) == 20 and got.drawn >= 20
     assert sum(got.counts.values()) == got.drawn
+    # Drawing stops at the 20th kept sample: nothing kept-able is counted as dropped.
+    assert got.counts["ok"] == got.kept_counts["ok"]
+    assert got.draw_index[-1] == got.drawn - 1
     assert got.kept_counts["tiny"] == got.kept_counts["fragmented"] == 0
     assert (got.kept_counts["empty"] > 0) == (policy == "keep")
     assert sum(got.kept_counts.values()) == 20

@@ -103,12 +103,15 @@ def generate_pairs(
         image, mask = split_pair(samples, params.mask_threshold)
         kinds = classify(mask, pixel_mm, params)
         take = np.flatnonzero(keep(kinds, params))[: n - kept]
+        # Samples after the n-th kept one were never needed: they count as neither drawn nor
+        # dropped, so the summary's drop counts are the policy's alone.
+        used = int(take[-1]) + 1 if kept + len(take) == n else batch
         images.append(image[take])
         masks.append(mask[take])
         index.append(drawn + take)
-        kinds_all += kinds
+        kinds_all += kinds[:used]
         kept_kinds += [kinds[i] for i in take]
-        drawn += batch
+        drawn += used
         kept += len(take)
     size = model.size
     return Generated(
