@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ct-quality": ("pipeline.stages.ct_quality", "synthetic vs real test CT: MMD, FID, anatomy"),
     "ct-quality-report": ("pipeline.stages.ct_quality_report", "CT quality comparison table"),
     "segment": ("pipeline.stages.segment", "MONAI UNet per condition: Dice on held-out patients"),
+    "export": ("pipeline.stages.export", "synthetic set -> DICOM study (SC + SEG), PACS C-STORE"),
 }
 
 

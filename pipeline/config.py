@@ -18,6 +18,7 @@ from models.config import TrainConfig
 from pipeline.params_base import Frozen
 from pipeline.params_ct import CTParams, GenerateParams
 from pipeline.params_eval import ClassifierParams, EvaluateParams, MnistParams
+from pipeline.params_export import ExportParams
 from pipeline.params_quality import CtFeatureParams, QualityParams
 from pipeline.params_segment import SegmentParams
 
@@ -168,6 +169,7 @@ SECTIONS: dict[str, type[Frozen]] = {
     "ct_features": CtFeatureParams,
     "ct_quality": QualityParams,
     "segment": SegmentParams,
+    "export": ExportParams,
 }
 
 

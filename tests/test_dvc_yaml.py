@@ -24,16 +24,23 @@ def test_compared_models_match_params_models():
 
 
 def test_profile_overrides_are_tracked_by_every_stage_that_reads_them():
-    overridden = set(_params()["paper"])  # sections the paper profile changes
-    for name, stage in _dvc()["stages"].items():
-        body = stage.get("do", stage)
-        tracked = [str(p) for p in body.get("params", [])]
-        for key in tracked:
-            section = key.split(".")[0]
-            if section in overridden:
-                assert "profile" in tracked, f"stage {name} reads {key} but not `profile`"
-                paper_key = f"paper.{section}" if section != "models" else f"paper.{key}"
-                assert paper_key in tracked, f"stage {name} reads {key} but not {paper_key}"
+    params = _params()
+    missing = []
+    for profile in ("full", "paper"):
+        overridden = set(params[profile])  # sections this profile changes
+        for name, stage in _dvc()["stages"].items():
+            body = stage.get("do", stage)
+            tracked = [str(p) for p in body.get("params", [])]
+            for key in tracked:
+                section = key.split(".")[0]
+                if section not in overridden:
+                    continue
+                if "profile" not in tracked:
+                    missing.append(f"{name}: reads {key} but not `profile`")
+                block = f"{profile}.{section}" if section != "models" else f"{profile}.{key}"
+                if block not in tracked:
+                    missing.append(f"{name}: reads {key} but not {block}")
+    assert not missing, "\n".join(missing)
 
 
 def test_code_folders_are_dvc_ignored_bytecode():

@@ -1,0 +1,135 @@
+"""The privacy gate of the export: near-copies of training slices do not leave the project.
+
+A synthetic slice that is a near-copy of a real training slice would carry that patient's
+anatomy into a PACS under a synthetic label. The gate reuses the memorization check of
+``gvae ct-quality`` (``pipeline.augment.memorization``): the threshold is the ``quantile`` of
+the distances from unseen real slices (other patients: the test split, or the validation split
+when there is no test split) to their nearest training slice, and a synthetic slice at or below
+it is a near-copy. Flagged slices are refused (skipped, with a message naming each) unless the
+user allows them explicitly; they are then exported and marked in the receipt.
+
+``check_reference`` and ``select_slices`` are pure; ``near_copy_gate`` only computes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """Per synthetic slice: near-copy flag, distance to and index of its nearest training slice."""
+
+    threshold: float
+    calibration: str  # the split whose real slices set the threshold ("test" or "val")
+    flags: np.ndarray  # bool (M,)
+    distances: np.ndarray  # float (M,)
+    nn_index: np.ndarray  # int (M,), into the training slices
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which synthetic slices go into the set and which the gate refused, as indices."""
+
+    chosen: list[int]
+    refused: list[int]  # flagged slices passed over to fill the set (refused)
+    allowed: list[int]  # flagged slices exported because near-copies were allowed
+
+
+def check_reference(synthetic: dict, real: dict, trained_on: list[str] | None, where: str) -> None:
+    """The real slices must be the generator's training data, on the synthetic slices' grid.
+
+    ``synthetic`` and ``real`` are the ``meta`` dicts of ``load_slices`` (``real`` of the
+    train split). ``trained_on``: the cases the generator saw (the synthetic index's
+    ``source.trained_on``); every one must be in the real train split, otherwise the gate
+    would compare against the wrong patients. ``ValueError`` naming ``where`` otherwise.
+    """
+    same = real["size"] == synthetic["size"]
+    same = same and math.isclose(float(real["pixel_mm"]), float(synthetic["pixel_mm"]))
+    same = same and all(
+        math.isclose(float(real["window"][k]), float(synthetic["window"][k]))
+        for k in ("level", "width")
+    )
+    if not same:
+        raise ValueError(
+            f"{where}: size {real['size']}, pixel_mm {real['pixel_mm']}, window "
+            f"{real['window']} differ from the synthetic set's size {synthetic['size']}, "
+            f"pixel_mm {synthetic['pixel_mm']}, window {synthetic['window']}: not the slices "
+            "the generator was trained on"
+        )
+    missing = sorted(set(trained_on or []) - {str(c) for c in real["case_id"]})
+    if missing:
+        raise ValueError(
+            f"{where}: the generator was trained on {len(missing)} case(s) that are not in this "
+            "folder's train split: not the slices the generator was trained on"
+        )
+
+
+def near_copy_gate(
+    synthetic: np.ndarray,
+    train: np.ndarray,
+    unseen: dict[str, np.ndarray],
+    quantile: float,
+    downsample: int,
+    batch_size: int,
+) -> GateResult:
+    """Flag near-copies among ``synthetic`` (M, 1, S, S) against the ``train`` slices.
+
+    ``unseen`` maps split names to real slices of patients the generator never saw; the
+    first non-empty of ``test`` then ``val`` calibrates the threshold. ``ValueError`` when
+    there is no training slice or no unseen real slice to calibrate with.
+    """
+    from pipeline.augment.memorization import find_near_copies, near_copy_threshold
+
+    if len(train) == 0:
+        raise ValueError("the real train split is empty: nothing to compare against")
+    split = next((s for s in ("test", "val") if len(unseen.get(s, ())) > 0), None)
+    if split is None:
+        raise ValueError(
+            "no real test or val slices to calibrate the near-copy threshold with (it is a "
+            "quantile of unseen real slices' distances to the training slices)"
+        )
+    threshold = near_copy_threshold(unseen[split], train, quantile, batch_size, downsample)
+    found = find_near_copies(synthetic, train, threshold, batch_size, downsample)
+    return GateResult(
+        threshold=float(found["threshold"]),
+        calibration=split,
+        flags=np.asarray(found["flags"], bool),
+        distances=np.asarray(found["distances"], float),
+        nn_index=np.asarray(found["nn_index"], int),
+    )
+
+
+def select_slices(flags: np.ndarray | None, available: int, n: int, allow: bool) -> Selection:
+    """The first ``n`` slices in draw order that may be exported.
+
+    ``flags`` (bool, one per available slice) or ``None`` when the gate did not run (only
+    allowed with ``allow``). Without ``allow``, flagged slices are passed over and the next
+    clean ones take their place; ``ValueError`` if fewer than ``n`` clean slices exist.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if available < n:
+        raise ValueError(f"the synthetic set holds {available} slices, {n} requested")
+    if flags is None:
+        if not allow:
+            raise ValueError("the near-copy gate did not run; only allowed with allow=True")
+        return Selection(chosen=list(range(n)), refused=[], allowed=[])
+    flags = np.asarray(flags, bool)
+    if len(flags) != available:
+        raise ValueError(f"{len(flags)} flags for {available} slices")
+    if allow:
+        chosen = list(range(n))
+        return Selection(chosen, refused=[], allowed=[i for i in chosen if flags[i]])
+    clean = np.flatnonzero(~flags)
+    if len(clean) < n:
+        raise ValueError(
+            f"only {len(clean)} of the {available} synthetic slices pass the near-copy gate, "
+            f"{n} requested"
+        )
+    chosen = [int(i) for i in clean[:n]]
+    refused = [int(i) for i in np.flatnonzero(flags) if i < chosen[-1]]
+    return Selection(chosen, refused=refused, allowed=[])
