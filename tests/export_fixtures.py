@@ -178,11 +178,32 @@ class Orthanc:
                 raise RuntimeError(f"Orthanc exited: {(self.folder / 'orthanc.log').read_text()}")
             try:
                 self.get("/system")
-                return self
+                # REST comes up before the DICOM server: on a loaded machine an association
+                # sent right after would race it, so wait for a real C-ECHO as well.
+                if self._echo():
+                    return self
             except (urllib.error.URLError, ConnectionError, OSError):
-                time.sleep(0.2)
+                pass
+            time.sleep(0.2)
         self.stop()
-        raise RuntimeError("Orthanc did not answer on its REST port within the timeout")
+        raise RuntimeError("Orthanc did not answer C-ECHO and REST within the timeout")
+
+    def _echo(self) -> bool:
+        """True when the DICOM port answers a C-ECHO from the known sender with Success."""
+        from pynetdicom import AE
+        from pynetdicom.sop_class import Verification
+
+        ae = AE(ae_title=SENDER_AET)
+        ae.add_requested_context(Verification)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 5
+        assoc = ae.associate("127.0.0.1", self.dicom_port, ae_title=ORTHANC_AET)
+        if not assoc.is_established:
+            return False
+        try:
+            status = assoc.send_c_echo()
+            return bool(status) and status.Status == 0x0000
+        finally:
+            assoc.release()
 
     def stop(self) -> None:
         """Stop the process by its PID (TERM, then KILL) and wait for it."""
