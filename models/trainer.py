@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import math
 import time
 from pathlib import Path
@@ -116,17 +117,52 @@ def _check_data(model: GenerativeModel, data: torch.Tensor) -> None:
         raise ValueError(f"data must lie in [-1, 1], got [{lo:.3f}, {hi:.3f}]")
 
 
-def _load_resume(path: Path, model: GenerativeModel, cfg: TrainConfig) -> dict[str, Any]:
-    ck = torch.load(path, map_location="cpu", weights_only=True)
+def data_fingerprint(data: torch.Tensor) -> str:
+    """sha256 (16 hex digits) of the training tensor's shape and bytes: a resume keeps its data."""
+    h = hashlib.sha256(str(tuple(data.shape)).encode())
+    h.update(data.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def checkpoint_digest(path: str | Path) -> str:
+    """sha256 (16 hex digits) of a checkpoint file: which trained weights made a product."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def resume_problem(
+    path: Path, model: GenerativeModel, cfg: TrainConfig, fingerprint: str
+) -> str | None:
+    """Why the checkpoint at ``path`` cannot be continued by this run, or None if it can.
+
+    A checkpoint continues only the same network (name, config, shape) on the same data
+    (``fingerprint``) with the same trajectory settings (``_RESUME_KEYS``), and only forwards:
+    one already past ``cfg.steps`` would hand back a longer-trained model than asked for.
+    """
+    ck = _read_checkpoint(path)
     mine = (model.name, model.config.model_dump(mode="json"), model.channels, model.size)
     theirs = (ck["model_name"], ck["model_config"], ck["channels"], ck["size"])
     if mine != theirs:
-        raise ValueError(f"{path}: checkpoint is for {theirs}, not the model given {mine}")
+        return f"checkpoint is for {theirs}, not the model given {mine}"
+    if ck.get("data_fingerprint") != fingerprint:
+        return (
+            f"checkpoint was trained on other data (fingerprint {ck.get('data_fingerprint')}, "
+            f"this data {fingerprint})"
+        )
     old = TrainConfig.model_validate(ck["train_config"])
     changed = [k for k in _RESUME_KEYS if getattr(old, k) != getattr(cfg, k)]
     if changed:
-        raise ValueError(f"{path}: cannot resume with changed train settings {changed}")
-    return ck
+        return f"cannot resume with changed train settings {changed}"
+    if ck["step"] > cfg.steps:
+        return f"checkpoint is at step {ck['step']}, beyond the {cfg.steps} steps asked for"
+    return None
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def train(
@@ -158,6 +194,9 @@ def train(
     )
     model.to(device).train()
     data = data.to(device)
+    if cfg.channels_last:  # batches indexed out of an NHWC tensor stay NHWC
+        model.to(memory_format=torch.channels_last)
+        data = data.contiguous(memory_format=torch.channels_last)
     gen_params = list(model.generator_parameters())
     critic_params = list(model.critic_parameters())
     gen_opt = torch.optim.Adam(gen_params, lr=cfg.lr, betas=cfg.adam_betas)
@@ -169,8 +208,12 @@ def train(
 
     start, rows = 0, []
     ck_path = out_dir / CHECKPOINT
+    fingerprint = data_fingerprint(data)
     if resume and ck_path.exists():
-        ck = _load_resume(ck_path, model, cfg)
+        problem = resume_problem(ck_path, model, cfg, fingerprint)
+        if problem:
+            raise ValueError(f"{ck_path}: {problem}")
+        ck = _read_checkpoint(ck_path)
         model.load_state_dict(ck["model_state"])
         gen_opt.load_state_dict(ck["gen_opt_state"])
         if critic_opt is not None:
@@ -192,6 +235,7 @@ def train(
             "channels": model.channels,
             "size": model.size,
             "train_config": cfg.model_dump(mode="json"),
+            "data_fingerprint": fingerprint,
             "step": step,
             "model_state": model.state_dict(),
             "gen_opt_state": gen_opt.state_dict(),

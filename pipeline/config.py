@@ -17,7 +17,12 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from models.config import TrainConfig
 from pipeline.params_base import Frozen
 from pipeline.params_ct import CTParams, GenerateParams
-from pipeline.params_eval import ClassifierParams, EvaluateParams, MnistParams
+from pipeline.params_eval import (
+    SANITY_DATASETS,
+    ClassifierParams,
+    EvaluateParams,
+    MnistParams,
+)
 from pipeline.params_export import ExportParams
 from pipeline.params_quality import CtFeatureParams, QualityParams
 from pipeline.params_segment import SegmentParams
@@ -225,6 +230,8 @@ PROFILES = ("cpu", "full", "paper")
 PROFILE_KEYS = ("profile", "full", "paper")
 # Top-level keys that are not pydantic sections (``models`` is validated per registry entry).
 SPECIAL_KEYS = {*PROFILE_KEYS, "models"}
+# (section, key) lists that dvc.yaml expands stages over: the DAG's shape, not a run size.
+DAG_LISTS = (("ct", "models"), ("mnist", "datasets"))
 
 
 def _check_top_level(path: Path, raw: dict[str, Any]) -> None:
@@ -237,10 +244,24 @@ def _check_top_level(path: Path, raw: dict[str, Any]) -> None:
         if bad_override:
             raise ParamsError(f"{path}: unknown key(s) under '{block}': {bad_override}")
         # dvc.yaml expands its CT stages from the top-level list; a profile cannot change it.
-        if "models" in ((raw.get(block) or {}).get("ct") or {}):
-            raise ParamsError(f"{path}: '{block}.ct.models' is not allowed; set ct.models itself")
-    if raw.get("profile", "cpu") not in PROFILES:
-        raise ParamsError(f"{path}: profile must be one of {PROFILES}, got {raw.get('profile')!r}")
+        # dvc.yaml expands its stages from these top-level lists; a profile cannot change them.
+        for section, key in DAG_LISTS:
+            if key in ((raw.get(block) or {}).get(section) or {}):
+                raise ParamsError(
+                    f"{path}: '{block}.{section}.{key}' is not allowed; set {section}.{key} itself"
+                )
+    profile = raw.get("profile", "cpu")
+    if profile not in PROFILES:
+        raise ParamsError(f"{path}: profile must be one of {PROFILES}, got {profile!r}")
+    datasets = (raw.get("mnist") or {}).get("datasets", ["mnist"])
+    if profile != "cpu" and sorted(datasets or []) != sorted(SANITY_DATASETS):
+        # The large profiles report the paper's tables on both datasets; silently running one
+        # would leave a `full` result without its Fashion-MNIST half.
+        raise ParamsError(
+            f"{path}: profile {profile!r} compares on both sanity datasets; also set "
+            f"mnist.datasets: [mnist, fashion_mnist] (e.g. dvc exp run -S profile={profile} "
+            "-S 'mnist.datasets=[mnist,fashion_mnist]')"
+        )
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

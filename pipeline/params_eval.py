@@ -5,15 +5,32 @@ Registered in ``pipeline.config.SECTIONS`` as ``mnist``, ``classifier`` and ``ev
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator
 
 from pipeline.params_base import Frozen
 
+SANITY_DATASETS = ("mnist", "fashion_mnist")
+
 
 class MnistParams(Frozen):
-    """Where ``gvae mnist`` reads the IDX files; ``None`` means $GVAE_DATA_MIRROR, else network."""
+    """The sanity datasets: which ones the DAG compares on, and where the IDX files come from.
+
+    ``mirror``: ``None`` means $GVAE_DATA_MIRROR, else the network. ``datasets``: dvc.yaml
+    expands its sanity stages over this list, so it shapes the DAG; the CPU default compares on
+    MNIST alone (the 2-core budget), the ``full`` and ``paper`` profiles on both datasets.
+    """
 
     mirror: str | None = None
+    datasets: list[Literal["mnist", "fashion_mnist"]] = Field(["mnist"], min_length=1)
+
+    @field_validator("datasets")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"datasets must not repeat, got {v}")
+        return v
 
 
 class ClassifierParams(Frozen):

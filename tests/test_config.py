@@ -112,6 +112,7 @@ def test_model_missing_from_params_lists_present_ones(tmp_path):
 def test_paper_profile_is_one_switch(tmp_path):
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["profile"] = "paper"
+    raw["mnist"]["datasets"] = ["mnist", "fashion_mnist"]  # the DAG list (not a profile block)
     p = tmp_path / "params.yaml"
     p.write_text(yaml.safe_dump(raw))
     model_cfg, train_cfg = load_model_config(p, "gvae")
@@ -134,3 +135,39 @@ def test_unknown_profile_and_override_rejected(tmp_path):
     p.write_text(yaml.safe_dump(raw))
     with pytest.raises(ParamsError, match="slcies"):
         load_section(p, "slices")
+
+
+@pytest.mark.parametrize("profile", ["full", "paper"])
+def test_large_profiles_require_both_sanity_datasets(tmp_path, profile):
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert raw["mnist"]["datasets"] == ["mnist"]  # the 2-core default
+    raw["profile"] = profile
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    with pytest.raises(
+        ParamsError, match=r"both sanity datasets.*mnist.datasets=\[mnist,fashion_mnist\]"
+    ):
+        load_section(p, "train")
+    raw["mnist"]["datasets"] = ["fashion_mnist", "mnist"]
+    p.write_text(yaml.safe_dump(raw))
+    assert load_section(p, "mnist").datasets == ["fashion_mnist", "mnist"]
+
+
+@pytest.mark.parametrize(("section", "key"), [("ct", "models"), ("mnist", "datasets")])
+def test_profile_block_cannot_change_the_dag_lists(tmp_path, section, key):
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["full"].setdefault(section, {})[key] = ["vae"]
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ParamsError, match=rf"'full.{section}.{key}' is not allowed"):
+        load_section(p, "slices")
+
+
+def test_sanity_datasets_are_validated(tmp_path):
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    p = tmp_path / "params.yaml"
+    for bad, message in ((["mnist", "mnist"], "must not repeat"), (["cifar10"], "mnist.datasets")):
+        raw["mnist"]["datasets"] = bad
+        p.write_text(yaml.safe_dump(raw))
+        with pytest.raises(ParamsError, match=message):
+            load_section(p, "mnist")

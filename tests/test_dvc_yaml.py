@@ -46,3 +46,18 @@ def test_profile_overrides_are_tracked_by_every_stage_that_reads_them():
 def test_code_folders_are_dvc_ignored_bytecode():
     ignored = (REPO / ".dvcignore").read_text().split()
     assert "__pycache__/" in ignored and "*.pyc" in ignored
+
+
+def test_long_stages_resume_instead_of_restarting():
+    """DVC deletes a stage's outs before running it unless they persist: the training and the
+    segmentation grid keep theirs and resume, so an interrupted `full` run goes on."""
+    stages = _dvc()["stages"]
+    for name, out, flag in (
+        ("train", "data/models/${item.dataset}/${item.model}", "--resume-if-compatible"),
+        ("train_ct", "data/ct/models/${item}", "--resume-if-compatible"),
+        ("segment", "data/ct/segment/runs", "--resume"),
+    ):
+        stage = stages[name].get("do", stages[name])
+        assert flag in stage["cmd"].split(), name
+        persisted = [o for o in stage["outs"] if isinstance(o, dict) and out in o]
+        assert persisted and persisted[0][out]["persist"] is True, name

@@ -72,7 +72,10 @@ def test_dvc_repro_whole_dag(tmp_path, real_data_dir):
 
     first = _run(["dvc", "repro"], work, env)
     ran = _stages_run(first)
-    assert {"phantom", "ingest", "slices", "report@mnist", "report@fashion_mnist"} <= ran
+    datasets = params["mnist"]["datasets"]
+    assert datasets == ["mnist"]  # the 2-core default; `full`/`paper` add Fashion-MNIST
+    assert {"phantom", "ingest", "slices", "report@mnist"} <= ran
+    assert not any("fashion_mnist" in stage for stage in ran)
     assert {f"train@mnist-{m}" for m in params["models"]} <= ran
     ct_models = params["ct"]["models"]
     assert {f"train_ct@{m}" for m in ct_models} | {f"generate@{m}" for m in ct_models} <= ran
@@ -87,7 +90,7 @@ def test_dvc_repro_whole_dag(tmp_path, real_data_dir):
     assert [row["status"] for row in manifest] == ["ok"] * 5
     assert (work / "data/slices/index.json").is_file()
     assert (work / "data/slices/contact_sheet.png").stat().st_size > 1000
-    for dataset in ("mnist", "fashion_mnist"):
+    for dataset in datasets:
         table = (work / f"data/reports/{dataset}/table.md").read_text()
         for model in params["models"]:
             assert f"| {model} |" in table
@@ -113,3 +116,18 @@ def test_dvc_repro_whole_dag(tmp_path, real_data_dir):
     assert proc.returncode == 0, proc.stderr
     status = json.loads(proc.stdout)
     assert set(status) == {"slices"}, status
+
+    # The second sanity dataset is one params list away: its stages join the DAG, MNIST's stay.
+    params["mnist"]["datasets"] = ["mnist", "fashion_mnist"]
+    params["slices"]["window"] = {"level": 40, "width": 400}
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    proc = subprocess.run(
+        ["dvc", "status", "--json"], cwd=work, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    stale = set(json.loads(proc.stdout))
+    expected = {"mnist@fashion_mnist", "classifier@fashion_mnist", "report@fashion_mnist"}
+    expected |= {
+        f"{kind}@fashion_mnist-{m}" for kind in ("train", "evaluate") for m in params["models"]
+    }
+    assert expected <= stale and not any("@mnist" in stage for stage in stale), stale

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import json
 from importlib import metadata
 from pathlib import Path
@@ -128,11 +127,9 @@ def _provenance(index: dict, synthetic_dir: Path):
         version = "unknown"
     ckpt = Path(source["run"]) / "checkpoint.pt" if source.get("run") else None
     if ckpt is not None and ckpt.is_file():
-        digest = hashlib.sha256()
-        with open(ckpt, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        model_version = f"checkpoint sha256:{digest.hexdigest()[:16]}"
+        from models.trainer import checkpoint_digest
+
+        model_version = f"checkpoint sha256:{checkpoint_digest(ckpt)}"
     else:
         model_version = "checkpoint not available at export"
     return Provenance(PROJECT, version, str(source["model"]), model_version)

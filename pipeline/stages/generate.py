@@ -78,6 +78,7 @@ def load_run(run_dir: Path):
 
 def run(params: GenerateParams, run_dir: Path, out_dir: Path, n: int, seed: int) -> dict:
     """Generate ``n`` kept pairs from ``run_dir`` into ``out_dir``; return the summary dict."""
+    from models.trainer import checkpoint_digest
     from pipeline.augment.generate import generate_pairs
 
     model, record = load_run(run_dir)
@@ -121,6 +122,9 @@ def run(params: GenerateParams, run_dir: Path, out_dir: Path, n: int, seed: int)
             "source": {
                 "model": model.name,
                 "run": str(run_dir),
+                # The weights themselves: a retrained generator invalidates the segmentation
+                # runs that used its pairs (their fingerprint covers this index).
+                "checkpoint_sha256": checkpoint_digest(run_dir / "checkpoint.pt"),
                 "seed": seed,
                 "n_requested": n,
                 "trained_on": record.get("cases"),

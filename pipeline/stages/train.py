@@ -16,6 +16,8 @@ the patients used, which ``generate`` carries into its output and checks against
 from __future__ import annotations
 
 import argparse
+import shutil
+import sys
 from pathlib import Path
 
 from pipeline.cli import StageError
@@ -48,7 +50,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="CT only: one run per segment.fractions entry, into OUT/f<fraction>",
     )
-    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    resume = parser.add_mutually_exclusive_group()
+    resume.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    resume.add_argument(
+        "--resume-if-compatible",
+        action="store_true",
+        help="continue a checkpoint of the same model, data and settings, else start afresh "
+        "(what `dvc repro` uses, so an interrupted long run goes on where it stopped)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -90,15 +99,20 @@ def run(
     dataset: str,
     data_dir: Path,
     out_dir: Path,
-    resume: bool = False,
+    resume: bool | str = False,
     progress: bool = True,
     fraction: float | None = None,
 ) -> dict:
-    """Train ``model_name`` on ``dataset``'s train split; write the run folder; return a summary."""
+    """Train ``model_name`` on ``dataset``'s train split; write the run folder; return a summary.
+
+    ``resume``: False (start afresh), True (continue the checkpoint; an incompatible one is an
+    error) or ``"if_compatible"`` (continue it if :func:`models.trainer.resume_problem` finds
+    nothing, else clear the folder's stale run files and start afresh, saying why).
+    """
     import torch
 
     from models.registry import build_model
-    from models.trainer import train
+    from models.trainer import CHECKPOINT, data_fingerprint, resume_problem, train
 
     is_ct = dataset in CT
     if fraction is not None and not is_ct:
@@ -114,6 +128,15 @@ def run(
     # The trainer seeds everything after construction; initial weights are seeded here.
     torch.manual_seed(train_cfg.seed)
     model = build_model(model_name, model_cfg, channels=images.shape[1], size=images.shape[-1])
+    ck = out_dir / CHECKPOINT
+    if resume and ck.exists():
+        problem = resume_problem(ck, model, train_cfg, data_fingerprint(images))
+        if problem and resume != "if_compatible":
+            raise StageError(f"{ck}: {problem} (--resume-if-compatible starts afresh instead)")
+        if problem:
+            print(f"{out_dir}: starting afresh: {problem}", file=sys.stderr)
+            clear_run(out_dir)
+        resume = problem is None
     if is_ct:
         write_json(out_dir / DATA_JSON, _data_record(data_dir, cases, fraction, len(images)))
     summary = train(model, images, train_cfg, out_dir, resume=resume, progress=progress)
@@ -126,6 +149,26 @@ def run(
     return summary
 
 
+RUN_FILES = ("checkpoint.pt", "losses.csv", "summary.json", DATA_JSON)
+
+
+def clear_run(out_dir: Path) -> None:
+    """Remove a run folder's training products (checkpoint, logs, sample grids), nothing else."""
+    for name in RUN_FILES:
+        (out_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(out_dir / "samples", ignore_errors=True)
+
+
+def _drop_stale_fractions(out: Path, fractions: list[float]) -> None:
+    # A persisted per-model folder may hold fractions the params no longer list; later stages
+    # must not mistake such a generator for one of this grid.
+    keep = {fraction_dirname(f) for f in fractions}
+    for sub in sorted(out.glob("f*")) if out.is_dir() else []:
+        if sub.is_dir() and sub.name not in keep and (sub / "checkpoint.pt").exists():
+            print(f"{sub}: removed (fraction not in segment.fractions)", file=sys.stderr)
+            shutil.rmtree(sub)
+
+
 def main(args: argparse.Namespace) -> int:
     """CLI entry: train (once, or once per fraction) and print a summary line per run."""
     if args.each_fraction and args.fraction is not None:
@@ -133,6 +176,8 @@ def main(args: argparse.Namespace) -> int:
     if args.each_fraction:
         fractions = load_section(args.params, "segment").fractions
         runs = [(f, args.out / fraction_dirname(f)) for f in fractions]
+        if args.resume_if_compatible:
+            _drop_stale_fractions(args.out, fractions)
     else:
         runs = [(args.fraction, args.out)]
     for fraction, out in runs:
@@ -142,7 +187,7 @@ def main(args: argparse.Namespace) -> int:
             args.dataset,
             args.data,
             out,
-            resume=args.resume,
+            resume="if_compatible" if args.resume_if_compatible else args.resume,
             progress=not args.no_progress,
             fraction=fraction,
         )
