@@ -24,6 +24,7 @@ import SimpleITK as sitk
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from pipeline.config import IngestParams  # noqa: E402
 from pipeline.io.dicom_read import list_files, read_series  # noqa: E402
 from pipeline.stages.ingest import ingest_case  # noqa: E402
 
@@ -71,7 +72,7 @@ def main() -> int:
         results = {
             "gvae read_series": timed(lambda: read_series(case_dir), args.repeats),
             "gvae ingest case": timed(
-                lambda: ingest_case(case_dir, labels, Path(tmp), 0.05), args.repeats
+                lambda: ingest_case(case_dir, labels, Path(tmp), IngestParams()), args.repeats
             ),
             "SimpleITK read": timed(lambda: sitk_read(series_dir), args.repeats),
         }

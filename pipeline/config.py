@@ -55,6 +55,25 @@ class IngestParams(Frozen):
     # Relative tolerance on the spacing between consecutive slice positions; a gap larger
     # than (1 + tol) * median spacing is reported as a missing slice.
     slice_spacing_tolerance: float = Field(0.05, gt=0, lt=0.5)
+    # How labels find their CT voxels (pipeline/io/label_geometry.py): "affine" places them by
+    # their NIfTI affine; "instance" pairs label slice j with InstanceNumber min + j, for label
+    # sets whose headers are known not to carry the CT's geometry.
+    label_geometry: Literal["affine", "instance"] = "affine"
+    label_grid_tolerance_mm: float = Field(0.1, ge=0)
+    label_outside_tolerance_mm: float = Field(1.0, ge=0)
+    # HU inside the aligned label outside these bounds: a warning, or an error with ``strict``.
+    label_hu_mean_min: float = 0.0
+    label_hu_mean_max: float = 200.0
+    label_hu_sd_max: float = Field(45.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check_hu_bounds(self) -> IngestParams:
+        if self.label_hu_mean_min >= self.label_hu_mean_max:
+            raise ValueError(
+                f"label_hu_mean_min {self.label_hu_mean_min} must be below "
+                f"label_hu_mean_max {self.label_hu_mean_max}"
+            )
+        return self
 
 
 class WindowParams(Frozen):

@@ -14,12 +14,14 @@ import SimpleITK as sitk
 
 from pipeline.config import IngestParams
 from pipeline.io import nifti
-from pipeline.io.dicom_read import read_series
-from pipeline.io.dicom_write import SeriesHeader, write_ct_series
+from pipeline.io.dicom_read import affine_ras, read_series, slice_normal
+from pipeline.io.dicom_write import SeriesHeader, slice_positions, write_ct_series
 from pipeline.io.nifti import align_label
 from pipeline.stages import ingest
 
-MARK = 777  # HU written only inside the label, so a misaligned label is visible at once
+# HU written only inside the label, so a misaligned label is visible at once; soft tissue, so the
+# label passes ingest's HU plausibility check.
+MARK = 100
 
 # name -> SeriesHeader geometry. "axial": instance 1 most superior, so instance order runs
 # against the normal; "tcia": Pancreas-CT's own geometry, instance order runs with the normal.
@@ -49,7 +51,8 @@ def make_case(
     filenames: list[str] | None = None,
     **header_kw,
 ) -> Case:
-    """Write a tiny series plus a TCIA-convention label: label[x=col, y=row, k=instance-1]."""
+    """Write a tiny series plus a TCIA-convention label: label[x=col, y=row, k=instance-1], with
+    the RAS affine of that voxel order, as TCIA's labels carry it."""
     rng = np.random.default_rng(seed)
     hu = rng.integers(-1000, 1500, size=(n, rows, cols)).astype(np.int16)
     hu[hu == MARK] = MARK - 1
@@ -62,7 +65,10 @@ def make_case(
     write_ct_series(series_dir, hu, header, filenames=filenames)
     labels.mkdir(parents=True, exist_ok=True)
     label_path = labels / f"label{case_id.rsplit('_', 1)[-1]}.nii.gz"
-    nib.save(nib.Nifti1Image(mask.transpose(2, 1, 0).astype(np.uint8), np.eye(4)), label_path)
+    first, second = slice_positions(header, 2)
+    step = float((second - first) @ slice_normal(header.orientation))  # < 0: against the normal
+    affine = affine_ras(header.orientation, header.pixel_spacing, first, step)
+    nib.save(nib.Nifti1Image(mask.transpose(2, 1, 0).astype(np.uint8), affine), label_path)
     return Case(series_dir, hu, mask, label_path)
 
 
@@ -132,17 +138,19 @@ def test_order_ignores_file_names(tmp_path):
     np.testing.assert_array_equal(affine_a, affine_b)
 
 
+@pytest.mark.parametrize("rule", ["affine", "instance"])
 @pytest.mark.parametrize(
     "geometry,instances_in_k_order",
     [("axial", list(range(8, 0, -1))), ("tcia", list(range(1, 9)))],
 )
-def test_label_follows_instance_numbers(tmp_path, geometry, instances_in_k_order):
+def test_label_follows_instance_numbers(tmp_path, geometry, instances_in_k_order, rule):
     images, labels, out = ingest_dirs(tmp_path)
     case = make_case(images, labels, **GEOMETRIES[geometry])
     _, _, meta = read_series(images / "PANCREAS_0001")
     assert list(meta.instance_numbers) == instances_in_k_order
-    rows = ingest.run(IngestParams(workers=1), images, labels, out)
+    rows = ingest.run(IngestParams(workers=1, label_geometry=rule), images, labels, out)
     assert rows[0]["status"] == "ok", rows
+    assert rows[0]["label_placement"] == ("exact" if rule == "affine" else "instance")
     image, label = load_case(out)
     hu, lab = np.asanyarray(image.dataobj), np.asanyarray(label.dataobj)
     assert label.get_data_dtype() == np.uint8 and image.get_data_dtype() == np.int16
@@ -181,9 +189,15 @@ def test_manifest_rows_and_provenance_hash(tmp_path):
         "shape",
         "spacing",
         "label_voxels",
+        "label_placement",
+        "label_hu_mean",
+        "label_hu_sd",
+        "warning",
         "source_sha256",
     }
     assert row["case_id"] == "PANCREAS_0001" and row["status"] == "ok" and row["error"] is None
+    assert row["label_placement"] == "exact" and row["warning"] is None
+    assert row["label_hu_mean"] == MARK and row["label_hu_sd"] == 0
     assert row["shape"] == [32, 24, 8]
     np.testing.assert_allclose(row["spacing"], [0.7, 0.8, 1.5])
     assert row["label_voxels"] == int(case.mask.sum())

@@ -30,9 +30,9 @@ def dirs(tmp_path):
     return images, labels, out, bad
 
 
-def run_and_split(images, labels, out, capsys) -> tuple[str, str]:
+def run_and_split(images, labels, out, capsys, **params) -> tuple[str, str]:
     """Run the stage in-process; check the good case; return (bad case's error, stderr)."""
-    rows = ingest.run(IngestParams(workers=1), images, labels, out)
+    rows = ingest.run(IngestParams(workers=1, **params), images, labels, out)
     by_id = {r["case_id"]: r for r in rows}
     assert by_id[GOOD]["status"] == "ok", by_id[GOOD]
     assert (out / GOOD / "image.nii.gz").is_file() and (out / GOOD / "label.nii.gz").is_file()
@@ -94,11 +94,18 @@ def test_non_ct_modality(dirs, capsys):
     assert str(victim) in error and "Modality is 'MR'" in error
 
 
-def test_label_shape_mismatch(dirs, capsys):
+@pytest.mark.parametrize(
+    "rule,expected",
+    [("affine", "reaches 6.4 mm beyond the CT volume"), ("instance", "does not match image shape")],
+)
+def test_label_shape_mismatch(dirs, capsys, rule, expected):
     images, labels, out, bad = dirs
-    nib.save(nib.Nifti1Image(np.ones((24, 32, 8), np.uint8), np.eye(4)), bad.label_path)
-    error, _ = run_and_split(images, labels, out, capsys)
-    assert str(bad.label_path) in error and "does not match image shape" in error
+    # Rows and columns swapped under the CT's own affine: placed by it, the grid sticks out by
+    # 8 rows x 0.8 mm; paired by InstanceNumber, the shapes differ.
+    affine = nib.load(bad.label_path).affine
+    nib.save(nib.Nifti1Image(np.ones((24, 32, 8), np.uint8), affine), bad.label_path)
+    error, _ = run_and_split(images, labels, out, capsys, label_geometry=rule)
+    assert str(bad.label_path) in error and expected in error
     assert "(24, 32, 8)" in error and "(32, 24, 8)" in error
 
 
@@ -117,9 +124,10 @@ def test_label_with_zero_voxels(dirs, capsys):
 
 
 def test_duplicate_instance_numbers(dirs, capsys):
+    # Only pairing by InstanceNumber needs them; placing by the affine ignores them.
     images, labels, out, bad = dirs
     edit_slice(bad.series_dir / "1-005.dcm", InstanceNumber=4)
-    error, _ = run_and_split(images, labels, out, capsys)
+    error, _ = run_and_split(images, labels, out, capsys, label_geometry="instance")
     assert str(bad.label_path) in error and "not one contiguous run" in error
 
 

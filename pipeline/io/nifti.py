@@ -2,9 +2,10 @@
 
 TCIA's Pancreas-CT labels (Roth et al., doi:10.7937/K9/TCIA.2016.tNB1kqBU) are indexed
 ``label[x, y, k]`` = mask of ``pixel_array[row=y, col=x]`` of the slice whose InstanceNumber is
-k + 1. Their alignment is defined by InstanceNumber, not by the label's own affine, so
-``align_label`` maps label slices onto the position-sorted image through the instance numbers;
-that stays right whether the instance order runs with or against the slice normal.
+k + 1. ``align_label`` maps label slices onto the position-sorted image through the instance
+numbers, which stays right whether the instance order runs with or against the slice normal.
+Ingest uses it only with ``label_geometry: instance``; by default labels are placed by their
+affine (``label_geometry.py``), which for TCIA's labels gives the same voxels.
 """
 
 from __future__ import annotations

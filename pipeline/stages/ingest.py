@@ -5,6 +5,17 @@ Input is TCIA's download layout, ``<images>/PANCREAS_NNNN/<study>/<series>/*.dcm
 (int16 HU, RAS affine) and ``label.nii.gz`` (uint8, same grid), each case folder swapped in
 atomically, plus ``<out>/manifest.json``. A bad case becomes an "error" row naming the file and
 the problem and never stops the others.
+
+Labels are placed on the CT grid by physical geometry (``pipeline/io/label_geometry.py``), so a
+label re-saved in another voxel order, cropped or resampled lands on the same anatomy. TCIA's
+own labels carry the DICOM geometry: on PANCREAS_0001 the label's sform and qform equal the
+affine ``read_series`` builds (diag(-0.859375, 0.859375, -1), origin 0; instance k+1 at
+ImagePositionPatient (0, 0, -k) with orientation (1,0,0,0,-1,0)), so placing it by its affine
+gives the InstanceNumber pairing the data README documents, voxel for voxel (0 of 62.9 M voxels
+differ, label.nii.gz byte-identical). ``label_geometry: instance`` keeps that pairing for label
+sets whose headers are known to be wrong. Either way, the HU inside the aligned label are
+checked against soft tissue (pancreas 102.6 +/- 30.9 HU; a flipped label gives sd 53-72, a
+transposed one sd 155), a warning or, with ``strict``, an error.
 """
 
 from __future__ import annotations
@@ -24,7 +35,8 @@ from tqdm import tqdm
 from pipeline.cli import StageError
 from pipeline.config import IngestParams, load_section
 from pipeline.io.atomic import atomic_dir, ensure_writable_dir, write_json
-from pipeline.io.dicom_read import list_files, read_series
+from pipeline.io.dicom_read import SeriesMeta, list_files, read_series
+from pipeline.io.label_geometry import place_label
 from pipeline.io.nifti import align_label, load_label, write_nifti
 
 MANIFEST = "manifest.json"
@@ -71,14 +83,64 @@ def _row(case_id: str, **fields: Any) -> dict[str, Any]:
         "shape": None,
         "spacing": None,
         "label_voxels": None,
+        "label_placement": None,
+        "label_hu_mean": None,
+        "label_hu_sd": None,
+        "warning": None,
         "source_sha256": None,
     }
     row.update(fields)
     return row
 
 
+# ----------------------------------------------------------------------------- label checks
+def align_to_ct(
+    label: np.ndarray,
+    label_affine: np.ndarray,
+    affine: np.ndarray,
+    meta: SeriesMeta,
+    params: IngestParams,
+) -> tuple[np.ndarray, str]:
+    """Return ``(label on the CT grid of meta.shape and affine, placement)`` by the rule
+    ``params.label_geometry`` names: "exact" or "nearest" by the label's affine, or "instance"
+    by InstanceNumber."""
+    if params.label_geometry == "instance":
+        return align_label(label, meta.instance_numbers, meta.shape), "instance"
+    return place_label(
+        label,
+        label_affine,
+        meta.shape,
+        affine,
+        params.label_grid_tolerance_mm,
+        params.label_outside_tolerance_mm,
+    )
+
+
+def label_hu_stats(hu: np.ndarray, label: np.ndarray) -> tuple[float, float]:
+    """Return (mean, population sd) of the HU under the non-zero label voxels."""
+    # Both volumes are Fortran-ordered (NIfTI's order); a C-order mask walk over them strides
+    # through memory and takes ~1.7 s for 512x512x240 instead of ~0.1 s.
+    values = np.ravel(hu, order="F")[np.ravel(label, order="F") > 0].astype(np.float64)
+    return float(values.mean()), float(values.std())
+
+
+def implausible_hu(mean: float, sd: float, params: IngestParams) -> str | None:
+    """Return why HU inside a label are not soft tissue, or ``None`` if they are.
+
+    Both figures count: on the real patient flipping the label keeps the mean at 86-96 HU but
+    raises the sd to 53-72, transposing it keeps the mean (102.8) at sd 155 (data README).
+    """
+    low, high = params.label_hu_mean_min, params.label_hu_mean_max
+    if low <= mean <= high and sd <= params.label_hu_sd_max:
+        return None
+    return (
+        f"HU inside the label are {mean:.1f} +/- {sd:.1f}, not soft tissue (expected mean "
+        f"{low:g}..{high:g}, sd <= {params.label_hu_sd_max:g}): is the label misaligned?"
+    )
+
+
 # ----------------------------------------------------------------------------- one case
-def ingest_case(case_dir: Path, labels_dir: Path, out_dir: Path, tolerance: float) -> dict:
+def ingest_case(case_dir: Path, labels_dir: Path, out_dir: Path, params: IngestParams) -> dict:
     """Ingest one case folder; return its manifest row (never raises for bad input)."""
     case_id = case_dir.name
     digest = None
@@ -87,15 +149,23 @@ def ingest_case(case_dir: Path, labels_dir: Path, out_dir: Path, tolerance: floa
         if not label_file.is_file():
             raise ValueError(f"{label_file}: label file not found for case {case_id}")
         digest = source_sha256(case_dir, list_files(case_dir), label_file)
-        hu, affine, meta = read_series(case_dir, tolerance)
-        raw_label, _ = load_label(label_file)
+        hu, affine, meta = read_series(case_dir, params.slice_spacing_tolerance)
+        raw_label, label_affine = load_label(label_file)
+        if not raw_label.any():
+            raise ValueError(f"{label_file}: label has no non-zero voxels")
         try:
-            label = align_label(raw_label, meta.instance_numbers, hu.shape)
+            label, placement = align_to_ct(raw_label, label_affine, affine, meta, params)
         except ValueError as exc:
             raise ValueError(f"{label_file}: {exc}") from exc
         voxels = int(np.count_nonzero(label))
         if voxels == 0:
-            raise ValueError(f"{label_file}: label has no non-zero voxels")
+            raise ValueError(f"{label_file}: no label voxel lands on the CT grid")
+        mean, sd = label_hu_stats(hu, label)
+        warning = implausible_hu(mean, sd, params)
+        if warning is not None:
+            warning = f"{label_file}: {warning}"
+            if params.strict:
+                raise ValueError(f"{warning} (strict)")
         with atomic_dir(out_dir / case_id) as tmp:
             write_nifti(tmp / IMAGE_FILE, hu, affine)
             write_nifti(tmp / LABEL_FILE, label, affine)
@@ -109,11 +179,15 @@ def ingest_case(case_dir: Path, labels_dir: Path, out_dir: Path, tolerance: floa
         shape=list(meta.shape),
         spacing=[round(s, 6) for s in meta.spacing],
         label_voxels=voxels,
+        label_placement=placement,
+        label_hu_mean=round(mean, 2),
+        label_hu_sd=round(sd, 2),
+        warning=warning,
         source_sha256=digest,
     )
 
 
-def _ingest_case_args(args: tuple[Path, Path, Path, float]) -> dict:
+def _ingest_case_args(args: tuple[Path, Path, Path, IngestParams]) -> dict:
     return ingest_case(*args)
 
 
@@ -132,12 +206,13 @@ def run(params: IngestParams, images: str | Path, labels: str | Path, out_dir: s
     """Ingest every case under ``images``; write volumes and ``manifest.json`` to ``out_dir``.
 
     Returns the manifest rows, sorted by case id. Bad cases are rows with status "error" and are
-    reported on stderr; a ``PermissionError`` naming ``out_dir`` is raised if it is not writable.
+    reported on stderr, as are HU warnings (errors with ``params.strict``); a
+    ``PermissionError`` naming ``out_dir`` is raised if it is not writable.
     """
     images, labels, out_dir = Path(images), Path(labels), Path(out_dir)
     cases = find_cases(images)
     ensure_writable_dir(out_dir)
-    jobs = [(case, labels, out_dir, params.slice_spacing_tolerance) for case in cases]
+    jobs = [(case, labels, out_dir, params) for case in cases]
     rows: list[dict] = []
     bar = tqdm(total=len(jobs), desc="ingest", unit="case", file=sys.stderr)
     with bar:
@@ -159,6 +234,8 @@ def _collect(row: dict, rows: list[dict], bar: tqdm) -> None:
     bar.update(1)
     if row["status"] != "ok":
         bar.write(f"ingest: {row['case_id']}: error: {row['error']}", file=sys.stderr)
+    elif row["warning"]:
+        bar.write(f"ingest: {row['case_id']}: warning: {row['warning']}", file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -172,7 +249,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--strict",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="exit non-zero if any case failed (good cases and manifest are still written)",
+        help="exit non-zero if any case failed, counting labels whose HU are not soft tissue "
+        "(good cases and manifest are still written)",
     )
 
 
