@@ -24,6 +24,7 @@ from pipeline.params_eval import (
     MnistParams,
 )
 from pipeline.params_export import ExportParams
+from pipeline.params_ingest import IngestParams
 from pipeline.params_quality import CtFeatureParams, QualityParams
 from pipeline.params_segment import SegmentParams
 
@@ -43,37 +44,6 @@ class PhantomParams(Frozen):
     slices: int = Field(48, ge=8, description="axial slices per case")
     matrix: int = Field(256, ge=64, description="rows = columns of each DICOM image")
     slice_thickness_mm: float = Field(2.5, gt=0)
-
-
-class IngestParams(Frozen):
-    """DICOM series + NIfTI labels -> HU volumes."""
-
-    images: str = "data/raw/phantom/Pancreas-CT"
-    labels: str = "data/raw/phantom/TCIA_pancreas_labels-02-05-2017"
-    workers: int = Field(2, ge=1)
-    strict: bool = False
-    # Relative tolerance on the spacing between consecutive slice positions; a gap larger
-    # than (1 + tol) * median spacing is reported as a missing slice.
-    slice_spacing_tolerance: float = Field(0.05, gt=0, lt=0.5)
-    # How labels find their CT voxels (pipeline/io/label_geometry.py): "affine" places them by
-    # their NIfTI affine; "instance" pairs label slice j with InstanceNumber min + j, for label
-    # sets whose headers are known not to carry the CT's geometry.
-    label_geometry: Literal["affine", "instance"] = "affine"
-    label_grid_tolerance_mm: float = Field(0.1, ge=0)
-    label_outside_tolerance_mm: float = Field(1.0, ge=0)
-    # HU inside the aligned label outside these bounds: a warning, or an error with ``strict``.
-    label_hu_mean_min: float = 0.0
-    label_hu_mean_max: float = 200.0
-    label_hu_sd_max: float = Field(45.0, gt=0)
-
-    @model_validator(mode="after")
-    def _check_hu_bounds(self) -> IngestParams:
-        if self.label_hu_mean_min >= self.label_hu_mean_max:
-            raise ValueError(
-                f"label_hu_mean_min {self.label_hu_mean_min} must be below "
-                f"label_hu_mean_max {self.label_hu_mean_max}"
-            )
-        return self
 
 
 class WindowParams(Frozen):

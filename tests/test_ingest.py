@@ -194,7 +194,11 @@ def test_manifest_rows_and_provenance_hash(tmp_path):
         "label_hu_sd",
         "warning",
         "source_sha256",
+        "series",
+        "skipped_series",
+        "skipped_files",
     }
+    assert row["series"]["slices"] == 8 and row["skipped_series"] == [] == row["skipped_files"]
     assert row["case_id"] == "PANCREAS_0001" and row["status"] == "ok" and row["error"] is None
     assert row["label_placement"] == "exact" and row["warning"] is None
     assert row["label_hu_mean"] == MARK and row["label_hu_sd"] == 0

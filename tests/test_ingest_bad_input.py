@@ -60,11 +60,14 @@ def test_truncated_file(dirs, capsys):
 
 
 def test_file_that_is_not_dicom(dirs, capsys):
+    # Read by content: a stray file is skipped with its reason in the manifest, not an error.
     images, labels, out, bad = dirs
     stray = bad.series_dir / "notes.txt"
     stray.write_text("scanner log: nothing to see here\n")
-    error, _ = run_and_split(images, labels, out, capsys)
-    assert str(stray) in error and "not a DICOM file" in error
+    rows = {r["case_id"]: r for r in ingest.run(IngestParams(workers=1), images, labels, out)}
+    assert rows[BAD]["status"] == "ok", rows[BAD]
+    assert rows[BAD]["skipped_files"] == [{"file": str(stray), "reason": "not a DICOM file"}]
+    assert rows[GOOD]["skipped_files"] == []
 
 
 def test_missing_slice_in_the_middle(dirs, capsys):
@@ -75,14 +78,21 @@ def test_missing_slice_in_the_middle(dirs, capsys):
     assert "1-003.dcm" in error and "1-005.dcm" in error
 
 
-def test_two_series_in_one_case_folder(dirs, capsys):
+def test_two_series_and_a_missing_override(dirs, capsys):
+    # Two CT series share the case folder: the rule picks the 8-slice one; a SeriesInstanceUID
+    # override naming neither is an error that lists both.
     images, labels, out, bad = dirs
     first_uid = pydicom.dcmread(bad.series_dir / "1-001.dcm").SeriesInstanceUID
     other = SeriesHeader(patient_id=BAD, pixel_spacing=(0.8, 0.7), slice_step_mm=1.5,
                          slice_thickness_mm=1.5)  # fmt: skip
     write_ct_series(bad.series_dir.parent / "9.9.9-other", np.zeros((3, 24, 32)), other)
-    error, _ = run_and_split(images, labels, out, capsys)
-    assert str(images / BAD) in error and "series mixed" in error
+    rows = {r["case_id"]: r for r in ingest.run(IngestParams(workers=1), images, labels, out)}
+    assert rows[BAD]["status"] == "ok" and rows[BAD]["series"]["uid"] == first_uid
+    assert [s["uid"] for s in rows[BAD]["skipped_series"]] == [other.series_uid]
+    assert "choice rule" in rows[BAD]["skipped_series"][0]["reason"]
+    series = {"uids": {BAD: "1.2.3.999"}}
+    error, _ = run_and_split(images, labels, out, capsys, series=series)
+    assert str(images / BAD) in error and "series 1.2.3.999 (params) not found" in error
     assert first_uid in error and other.series_uid in error
 
 

@@ -156,7 +156,7 @@ def real(real_data_dir, tmp_path_factory):
     series = read_series(src / "Pancreas-CT" / CASE)
     with pytest.MonkeyPatch.context() as patch:
         # ingest_case still runs whole (hash, placement, checks, writes); only the read is reused.
-        patch.setattr(ingest, "read_series", lambda folder, tolerance: series)
+        patch.setattr(ingest, "read_series", lambda folder, *args, **kwargs: series)
         data = {
             "src": src,
             "case_dir": src / "Pancreas-CT" / CASE,

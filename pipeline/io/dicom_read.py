@@ -5,7 +5,11 @@ row and column direction cosines, ImagePositionPatient the centre of the first t
 pixel, PixelSpacing the (row spacing, column spacing) in mm, all in the patient LPS frame.
 Slices are ordered by their position projected on the slice normal (row x column cosine), never
 by file name or InstanceNumber, because neither is guaranteed to follow anatomy. HU come from
-the Modality LUT (PS3.3 C.11.1): RescaleSlope * stored value + RescaleIntercept.
+the Modality LUT (PS3.3 C.11.1): RescaleSlope * stored value + RescaleIntercept, per slice;
+pixel padding (PS3.3 C.7.5.1.1.2) becomes air. Files are recognised by content, so media
+exports (DICOMDIR, IM000001 without extension) read like TCIA folders; compressed transfer
+syntaxes decode through pydicom's plugins (pylibjpeg, pyjpegls). Which series of a folder is
+read is decided in ``dicom_select.py``; Enhanced CT files are read by ``dicom_multiframe.py``.
 
 The volume convention is ``vol[x=column, y=row, k]`` with k ascending along the normal, which is
 what NIfTI (and TCIA's Pancreas-CT labels) use, so the affine columns are the row cosine times
@@ -16,14 +20,15 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_modality_lut
+
+from pipeline.io.dicom_pixels import to_hu
 
 # LPS (DICOM patient frame, PS3.3 C.7.6.2.1.1) -> RAS (NIfTI scanner frame): negate x and y.
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -46,6 +51,10 @@ class SeriesError(ValueError):
     """A series cannot be read; the message names the offending file or folder."""
 
 
+class NotImageError(SeriesError):
+    """A file that is no DICOM image (a DICOMDIR, a text file, ...): skipped, not an error."""
+
+
 @dataclass(frozen=True)
 class SeriesMeta:
     """What ``read_series`` learned about a series, in volume (k) order."""
@@ -56,6 +65,11 @@ class SeriesMeta:
     instance_numbers: tuple[int, ...]
     shape: tuple[int, int, int]  # (columns, rows, slices)
     spacing: tuple[float, float, float]  # (column spacing, row spacing, slice step) in mm
+    description: str = ""  # SeriesDescription
+    # Other series of the case folder and files that are no DICOM image: {uid, description,
+    # slices, reason} and {file, reason}, for the manifest.
+    skipped_series: tuple[dict, ...] = ()
+    skipped_files: tuple[dict, ...] = ()
 
 
 def list_files(folder: str | Path) -> list[Path]:
@@ -70,8 +84,17 @@ def list_files(folder: str | Path) -> list[Path]:
     )
 
 
+# MediaStorageSOPClassUID of a DICOMDIR (PS3.4 Annex B.5, Media Storage Directory Storage).
+_DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
+
+
 def read_header(path: Path) -> Dataset:
-    """Read the header of ``path`` without pixel data; raise ``SeriesError`` naming the file."""
+    """Read the header of ``path`` without pixel data.
+
+    Files are recognised by content, never by name (media exports name them IM000001, no
+    extension). Raises ``NotImageError`` naming the file for what is no DICOM image (a DICOMDIR,
+    a text file), ``SeriesError`` for a DICOM file whose header does not parse.
+    """
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
     except InvalidDicomError:
@@ -83,13 +106,27 @@ def read_header(path: Path) -> Dataset:
                 ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
             ds.SeriesInstanceUID  # noqa: B018 - probe: raises if this is not an image header
         except Exception as exc:
-            raise SeriesError(f"{path}: not a DICOM file") from exc
+            raise NotImageError(f"{path}: not a DICOM file") from exc
     except Exception as exc:  # truncated header, bad element lengths, ...
         raise SeriesError(f"{path}: unreadable DICOM header ({exc})") from exc
-    missing = [kw for kw in REQUIRED if kw not in ds]
-    if missing:
-        raise SeriesError(f"{path}: missing required attribute(s) {', '.join(missing)}")
+    media_class = getattr(ds, "file_meta", Dataset()).get("MediaStorageSOPClassUID")
+    if media_class == _DICOMDIR_CLASS or "DirectoryRecordSequence" in ds:
+        raise NotImageError(f"{path}: DICOMDIR (media directory, PS3.10), not an image")
+    if "SeriesInstanceUID" not in ds:
+        raise NotImageError(f"{path}: DICOM file without SeriesInstanceUID, not an image")
     return ds
+
+
+def scan_headers(files: Sequence[Path]) -> tuple[dict[Path, Dataset], list[dict]]:
+    """Return (header of every DICOM image file, [{"file", "reason"}] for the skipped rest)."""
+    headers: dict[Path, Dataset] = {}
+    skipped: list[dict] = []
+    for path in files:
+        try:
+            headers[path] = read_header(path)
+        except NotImageError as exc:
+            skipped.append({"file": str(path), "reason": str(exc).removeprefix(f"{path}: ")})
+    return headers, skipped
 
 
 def group_by_series(headers: dict[Path, Dataset]) -> dict[str, list[Path]]:
@@ -100,7 +137,7 @@ def group_by_series(headers: dict[Path, Dataset]) -> dict[str, list[Path]]:
     return groups
 
 
-def _check_consistent(headers: dict[Path, Dataset]) -> None:
+def check_consistent(headers: dict[Path, Dataset]) -> None:
     """Every slice must be CT with the same matrix, pixel spacing and orientation."""
     items = list(headers.items())
     ref_path, ref = items[0]
@@ -154,15 +191,23 @@ def order_slices(
         if abs(step - median) > tolerance * median:
             kind = "missing slice" if step > median else "non-uniform slice spacing"
             raise SeriesError(
-                f"{kind} between {a} and {b}: step {step:g} mm, expected {median:g} mm"
+                f"{kind} between {a} and {b}: step {step:g} mm, expected {median:g} mm "
+                "(irregular stacks are rejected, ingest.irregular: reject)"
             )
     # A stack whose positions drift sideways (gantry tilt) is not a rectilinear grid.
     lateral = (
         positions[order] - positions[order[0]] - np.outer(proj[order] - proj[order[0]], normal)
     )
     worst = int(np.argmax(np.linalg.norm(lateral, axis=1)))
-    if np.linalg.norm(lateral[worst]) > tolerance * median:
-        raise SeriesError(f"{names[order[worst]]}: slice position is off the slice normal (tilt?)")
+    drift = float(np.linalg.norm(lateral[worst]))
+    if drift > tolerance * median:
+        along = float(proj[order[worst]] - proj[order[0]])
+        tilt = float(np.degrees(np.arctan2(drift, abs(along))))
+        raise SeriesError(
+            f"{names[order[worst]]}: slice positions drift {drift:.2f} mm off the slice normal "
+            f"over {abs(along):.1f} mm, a gantry tilt of {tilt:.1f} degrees; tilted stacks are "
+            "rejected (ingest.irregular: reject)"
+        )
     return order, (proj[order[-1]] - proj[order[0]]) / (len(proj) - 1)
 
 
@@ -187,8 +232,8 @@ def affine_ras(
     return LPS_TO_RAS @ lps
 
 
-def _to_hu(path: Path) -> np.ndarray:
-    """Decode one slice and apply its Modality LUT; return integral HU of shape (rows, cols)."""
+def decode_file(path: Path) -> tuple[Dataset, np.ndarray]:
+    """Read one file with its pixel data; return (dataset, stored values of every frame)."""
     try:
         ds = pydicom.dcmread(path)
     except Exception as exc:
@@ -199,7 +244,10 @@ def _to_hu(path: Path) -> np.ndarray:
     if syntax is not None and not syntax.is_compressed:
         # Native encoding (PS3.5 8.1.1) has a known size, so a short file is named as such.
         bits = int(ds.get("BitsAllocated", 16))
-        expected = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * bits // 8
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        expected = (
+            int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * bits // 8 * frames
+        )
         if len(ds.PixelData) < expected:
             raise SeriesError(
                 f"{path}: truncated pixel data ({len(ds.PixelData)} of {expected} bytes)"
@@ -208,38 +256,34 @@ def _to_hu(path: Path) -> np.ndarray:
         stored = ds.pixel_array
     except Exception as exc:
         raise SeriesError(f"{path}: pixel data does not decode ({exc})") from exc
+    return ds, stored
+
+
+def _slice_hu(path: Path, air_hu: int, outside_fov_below_hu: int | None) -> np.ndarray:
+    """Decode one single-frame slice; return its HU of shape (rows, cols)."""
+    ds, stored = decode_file(path)
     if stored.shape != (int(ds.Rows), int(ds.Columns)):
         raise SeriesError(f"{path}: pixel array shape {stored.shape} is not a single frame")
-    if "ModalityLUTSequence" in ds:
-        return np.rint(np.asarray(apply_modality_lut(stored, ds), dtype=np.float64))
-    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
-    if slope == 1.0 and intercept.is_integer():
-        # The usual CT case: integer math is exact and ~4x faster than the float round trip.
-        return stored.astype(np.int32) + int(intercept)
-    return np.rint(stored.astype(np.float64) * slope + intercept)
+    return to_hu(stored, ds, air_hu, outside_fov_below_hu)
 
 
-def read_series(
-    folder: str | Path, slice_spacing_tolerance: float = 0.05
+def store_int16(stack: np.ndarray, k: int, hu: np.ndarray, source: str) -> None:
+    """Write ``hu`` into ``stack[k]``; raise ``SeriesError`` naming ``source`` if out of int16."""
+    info = np.iinfo(np.int16)
+    if hu.min() < info.min or hu.max() > info.max:
+        raise SeriesError(f"{source}: HU range {hu.min():g}..{hu.max():g} exceeds int16")
+    stack[k] = hu
+
+
+def read_volume(
+    headers: dict[Path, Dataset],
+    slice_spacing_tolerance: float = 0.05,
+    air_hu: int = -1000,
+    outside_fov_below_hu: int | None = -1500,
 ) -> tuple[np.ndarray, np.ndarray, SeriesMeta]:
-    """Read the single CT series below ``folder``.
-
-    Returns ``(hu, affine, meta)``: ``hu`` is int16 of shape (columns, rows, slices) indexed
-    ``hu[x=column, y=row, k]``, k ascending along the slice normal; ``affine`` is the 4x4 RAS
-    voxel-to-mm matrix; ``meta`` lists files and InstanceNumbers in k order. Raises
-    ``SeriesError`` naming the file or folder for any header, geometry or pixel problem.
-    """
-    folder = Path(folder)
-    files = list_files(folder)
-    if not files:
-        raise SeriesError(f"{folder}: no files")
-    headers = {path: read_header(path) for path in files}
-    groups = group_by_series(headers)
-    if len(groups) > 1:
-        uids = ", ".join(f"{uid} ({len(p)} files)" for uid, p in sorted(groups.items()))
-        raise SeriesError(f"{folder}: {len(groups)} series mixed in one case folder: {uids}")
-    _check_consistent(headers)
+    """Read the slices of ONE series (``headers``, one file per slice); see ``read_series``."""
+    files = list(headers)
+    check_consistent(headers)
     ref = headers[files[0]]
     normal = slice_normal(ref.ImageOrientationPatient)
     positions = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in headers.values()])
@@ -249,12 +293,9 @@ def read_series(
     # Filled slice by slice as (k, row, col); transposed to (col, row, k) at the end, which makes
     # the result Fortran-contiguous, the order NIfTI stores on disk.
     stack = np.empty((len(files), rows, cols), dtype=np.int16)
-    info = np.iinfo(np.int16)
     for k, idx in enumerate(order):
-        hu = _to_hu(files[idx])
-        if hu.min() < info.min or hu.max() > info.max:
-            raise SeriesError(f"{files[idx]}: HU range {hu.min():g}..{hu.max():g} exceeds int16")
-        stack[k] = hu
+        hu = _slice_hu(files[idx], air_hu, outside_fov_below_hu)
+        store_int16(stack, k, hu, str(files[idx]))
     affine = affine_ras(ref.ImageOrientationPatient, ref.PixelSpacing, positions[order[0]], step)
     row_spacing, col_spacing = (float(v) for v in ref.PixelSpacing)
     meta = SeriesMeta(
@@ -264,5 +305,68 @@ def read_series(
         instance_numbers=tuple(int(headers[files[i]].InstanceNumber) for i in order),
         shape=(cols, rows, len(files)),
         spacing=(col_spacing, row_spacing, float(step)),
+        description=str(ref.get("SeriesDescription", "") or ""),
     )
     return stack.transpose(2, 1, 0), affine, meta
+
+
+def read_series(
+    folder: str | Path,
+    slice_spacing_tolerance: float = 0.05,
+    *,
+    description: str | None = None,
+    series_uid: str | None = None,
+    air_hu: int = -1000,
+    outside_fov_below_hu: int | None = -1500,
+) -> tuple[np.ndarray, np.ndarray, SeriesMeta]:
+    """Read the axial CT series below ``folder``, chosen among all series found there.
+
+    Files are read by content in any folder depth; what is no DICOM image is skipped and listed
+    in ``meta.skipped_files``. The series is chosen by ``pipeline.io.dicom_select`` (localizers,
+    single images, non-axial and non-CT series skipped; ``series_uid`` or a ``description``
+    regex override the rule) and the others are listed in ``meta.skipped_series``.
+
+    Returns ``(hu, affine, meta)``: ``hu`` is int16 of shape (columns, rows, slices) indexed
+    ``hu[x=column, y=row, k]``, k ascending along the slice normal, padding set to ``air_hu``
+    (``to_hu``); ``affine`` is the 4x4 RAS voxel-to-mm matrix; ``meta`` lists files and
+    InstanceNumbers in k order. Raises ``SeriesError`` naming the file or folder for any
+    header, geometry or pixel problem, and listing every series when none is usable.
+    """
+    # Both build on this module's geometry helpers, hence the late import.
+    from pipeline.io.dicom_multiframe import is_enhanced, read_multiframe
+    from pipeline.io.dicom_select import choose_series, summarize
+
+    folder = Path(folder)
+    files = list_files(folder)
+    if not files:
+        raise SeriesError(f"{folder}: no files")
+    headers, skipped_files = scan_headers(files)
+    if not headers:
+        raise SeriesError(f"{folder}: no DICOM image among {len(files)} file(s)")
+    try:
+        chosen, skipped = choose_series(
+            summarize(headers, slice_spacing_tolerance), description, series_uid
+        )
+    except ValueError as exc:
+        raise SeriesError(f"{folder}: {exc}") from exc
+    first = chosen.files[0]
+    if len(chosen.files) == 1 and is_enhanced(headers[first]):
+        hu, affine, meta = read_multiframe(
+            first, headers[first], slice_spacing_tolerance, air_hu, outside_fov_below_hu
+        )
+    else:
+        hu, affine, meta = read_volume(
+            {path: headers[path] for path in chosen.files},
+            slice_spacing_tolerance,
+            air_hu,
+            outside_fov_below_hu,
+        )
+    return (
+        hu,
+        affine,
+        replace(
+            meta,
+            skipped_series=tuple(s.record() for s in skipped),
+            skipped_files=tuple(skipped_files),
+        ),
+    )

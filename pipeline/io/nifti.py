@@ -22,6 +22,23 @@ from pipeline.io.atomic import atomic_path
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
+def read_volume(path: str | Path, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """Read a 3D NIfTI ``kind`` ("label", "image"); return ``(array in file index order, 4x4
+    affine)``, NIfTI scaling applied. A trailing singleton 4th axis is dropped. Raises
+    ``ValueError`` naming the file if it is unreadable or not 3D."""
+    path = Path(path)
+    try:
+        img = nib.load(path)
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:
+        raise ValueError(f"{path}: unreadable NIfTI {kind} ({exc})") from exc
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise ValueError(f"{path}: {kind} must be 3D, got shape {data.shape}")
+    return data, np.asarray(img.affine, dtype=np.float64)
+
+
 def load_label(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Load a label volume; return ``(uint8 array in file index order, 4x4 affine)``.
 
@@ -31,22 +48,14 @@ def load_label(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: label file not found")
-    try:
-        img = nib.load(path)
-        data = np.asanyarray(img.dataobj)
-    except Exception as exc:
-        raise ValueError(f"{path}: unreadable NIfTI label ({exc})") from exc
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise ValueError(f"{path}: label must be 3D, got shape {data.shape}")
+    data, affine = read_volume(path, "label")
     if data.dtype != np.uint8:
         if not np.all(np.isfinite(data)) or np.any(data != np.round(data)):
             raise ValueError(f"{path}: label holds non-integer values")
         if data.min() < 0 or data.max() > 255:
             raise ValueError(f"{path}: label values {data.min()}..{data.max()} outside 0..255")
         data = data.astype(np.uint8)
-    return data, np.asarray(img.affine, dtype=np.float64)
+    return data, affine
 
 
 def align_label(

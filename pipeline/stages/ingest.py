@@ -1,7 +1,13 @@
 """``gvae ingest``: TCIA Pancreas-CT DICOM series + NIfTI labels -> HU volumes + manifest.
 
 Input is TCIA's download layout, ``<images>/PANCREAS_NNNN/<study>/<series>/*.dcm`` with labels
-``<labels>/labelNNNN.nii.gz``. For each case this writes ``<out>/<case_id>/image.nii.gz``
+``<labels>/labelNNNN.nii.gz``, or what a hospital exports into a case folder: several series of
+a study side by side (localizer, thick and thin reconstructions), media exports with a DICOMDIR
+and extension-less names, compressed transfer syntaxes, pixel padding, Enhanced CT. Files are
+read by content; ``pipeline/io/dicom_select.py`` chooses the one axial CT volume by a
+documented rule (params ``ingest.series`` override it) and the manifest row names the chosen
+series and every skipped series and file with the reason. For each case this writes
+``<out>/<case_id>/image.nii.gz``
 (int16 HU, RAS affine) and ``label.nii.gz`` (uint8, same grid), each case folder swapped in
 atomically, plus ``<out>/manifest.json``. A bad case becomes an "error" row naming the file and
 the problem and never stops the others.
@@ -16,6 +22,13 @@ differ, label.nii.gz byte-identical). ``label_geometry: instance`` keeps that pa
 sets whose headers are known to be wrong. Either way, the HU inside the aligned label are
 checked against soft tissue (pancreas 102.6 +/- 30.9 HU; a flipped label gives sd 53-72, a
 transposed one sd 155), a warning or, with ``strict``, an error.
+
+Labels may also be DICOM: a SEG or RTSTRUCT as ``<labels>/labelNNNN.dcm`` or
+``<case_id>.dcm``, or the one SEG / RTSTRUCT file inside the case folder (``label_path_for``),
+matched to the CT by its references and rasterised by its own geometry
+(``pipeline/io/label_dicom.py``), then the same checks. ``source: decathlon`` reads a Medical
+Segmentation Decathlon task (NIfTI images in HU) instead and writes the same outputs
+(``pipeline/stages/ingest_decathlon.py``).
 """
 
 from __future__ import annotations
@@ -25,6 +38,7 @@ import hashlib
 import re
 import shutil
 import sys
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
@@ -36,8 +50,9 @@ from pipeline.cli import StageError
 from pipeline.config import IngestParams, load_section
 from pipeline.io.atomic import atomic_dir, ensure_writable_dir, write_json
 from pipeline.io.dicom_read import SeriesMeta, list_files, read_series
+from pipeline.io.label_dicom import ct_grid, dicom_labels_in, read_dicom_label
 from pipeline.io.label_geometry import place_label
-from pipeline.io.nifti import align_label, load_label, write_nifti
+from pipeline.io.nifti import NIFTI_SUFFIXES, align_label, load_label, write_nifti
 
 MANIFEST = "manifest.json"
 IMAGE_FILE = "image.nii.gz"
@@ -47,16 +62,32 @@ _HASH_CHUNK = 1 << 20
 
 
 # ----------------------------------------------------------------------------- pure helpers
-def label_path_for(case_id: str, labels_dir: Path) -> Path:
-    """Return the label file for ``case_id``: PANCREAS_NNNN pairs with labelNNNN.nii(.gz)."""
+def label_path_for(case_id: str, labels_dir: Path, case_dir: Path | None = None) -> Path:
+    """Return the label file for ``case_id`` (PANCREAS_NNNN), looked for in this order:
+
+    1. ``labels_dir/labelNNNN.nii.gz`` or ``.nii`` (TCIA's NIfTI labels),
+       ``labels_dir/labelNNNN.dcm`` or ``labels_dir/<case_id>.dcm`` (a DICOM SEG or RTSTRUCT);
+    2. only if none of those exists: the one SEG or RTSTRUCT file below ``case_dir``, a label
+       series exported with the CT (PACS and TCIA downloads put it beside the images).
+
+    Raises ``ValueError`` naming the files when a step finds more than one; when none exists
+    the missing ``labelNNNN.nii.gz`` is returned, for the caller's "not found" error.
+    """
     match = _CASE_NUMBER.search(case_id)
-    if match is None:
+    stem = f"label{match.group(1)}" if match else None
+    names = [f"{case_id}.dcm"]
+    if stem:
+        names = [f"{stem}.nii.gz", f"{stem}.nii", f"{stem}.dcm", *names]
+    found = [labels_dir / n for n in names if (labels_dir / n).is_file()]
+    if not found and case_dir is not None:
+        found = dicom_labels_in(case_dir)
+    if len(found) > 1:
+        listed = ", ".join(str(p) for p in found)
+        raise ValueError(f"{case_id}: {len(found)} label files, expected one: {listed}")
+    if found:
+        return found[0]
+    if stem is None:
         raise ValueError(f"{case_id}: case folder name has no trailing case number")
-    stem = f"label{match.group(1)}"
-    for suffix in (".nii.gz", ".nii"):
-        candidate = labels_dir / f"{stem}{suffix}"
-        if candidate.is_file():
-            return candidate
     return labels_dir / f"{stem}.nii.gz"
 
 
@@ -88,9 +119,26 @@ def _row(case_id: str, **fields: Any) -> dict[str, Any]:
         "label_hu_sd": None,
         "warning": None,
         "source_sha256": None,
+        "series": None,
+        "skipped_series": None,
+        "skipped_files": None,
     }
     row.update(fields)
     return row
+
+
+def series_record(meta: SeriesMeta) -> dict[str, Any]:
+    """Return the manifest fields on the chosen series, the skipped series and skipped files."""
+    return {
+        "series": {
+            "uid": meta.series_uid,
+            "description": meta.description,
+            "slices": meta.shape[2],
+            "spacing": [round(s, 6) for s in meta.spacing],
+        },
+        "skipped_series": list(meta.skipped_series),
+        "skipped_files": list(meta.skipped_files),
+    }
 
 
 # ----------------------------------------------------------------------------- label checks
@@ -139,36 +187,83 @@ def implausible_hu(mean: float, sd: float, params: IngestParams) -> str | None:
     )
 
 
+def label_on_ct(
+    label_file: Path, affine: np.ndarray, meta: SeriesMeta, params: IngestParams
+) -> tuple[np.ndarray, str]:
+    """Return ``(label on the CT grid, placement)``: a NIfTI label by ``align_to_ct``, anything
+    else as a DICOM SEG / RTSTRUCT (``pipeline/io/label_dicom.py``), which carries its own
+    geometry and references and is always placed by them. Errors name ``label_file``."""
+    if not label_file.name.lower().endswith(NIFTI_SUFFIXES):
+        return read_dicom_label(
+            label_file,
+            ct_grid(affine, meta),
+            params.roi_pattern,
+            params.label_grid_tolerance_mm,
+            params.label_outside_tolerance_mm,
+        )
+    raw_label, label_affine = load_label(label_file)
+    if not raw_label.any():
+        raise ValueError(f"{label_file}: label has no non-zero voxels")
+    try:
+        return align_to_ct(raw_label, label_affine, affine, meta, params)
+    except ValueError as exc:
+        raise ValueError(f"{label_file}: {exc}") from exc
+
+
+def check_and_write(
+    case_out: Path,
+    hu: np.ndarray,
+    affine: np.ndarray,
+    label: np.ndarray,
+    label_file: Path,
+    params: IngestParams,
+) -> dict[str, Any]:
+    """Check the label on the CT grid and write ``case_out`` (image + label) atomically; return
+    the manifest fields ``label_voxels``, ``label_hu_mean``, ``label_hu_sd`` and ``warning``.
+
+    Raises ``ValueError`` naming ``label_file`` when no label voxel lands on the grid or, with
+    ``params.strict``, when the HU inside the label are not soft tissue.
+    """
+    voxels = int(np.count_nonzero(label))
+    if voxels == 0:
+        raise ValueError(f"{label_file}: no label voxel lands on the CT grid")
+    mean, sd = label_hu_stats(hu, label)
+    warning = implausible_hu(mean, sd, params)
+    if warning is not None:
+        warning = f"{label_file}: {warning}"
+        if params.strict:
+            raise ValueError(f"{warning} (strict)")
+    with atomic_dir(case_out) as tmp:
+        write_nifti(tmp / IMAGE_FILE, hu, affine)
+        write_nifti(tmp / LABEL_FILE, label, affine)
+    return {
+        "label_voxels": voxels,
+        "label_hu_mean": round(mean, 2),
+        "label_hu_sd": round(sd, 2),
+        "warning": warning,
+    }
+
+
 # ----------------------------------------------------------------------------- one case
 def ingest_case(case_dir: Path, labels_dir: Path, out_dir: Path, params: IngestParams) -> dict:
     """Ingest one case folder; return its manifest row (never raises for bad input)."""
     case_id = case_dir.name
     digest = None
     try:
-        label_file = label_path_for(case_id, labels_dir)
+        label_file = label_path_for(case_id, labels_dir, case_dir)
         if not label_file.is_file():
             raise ValueError(f"{label_file}: label file not found for case {case_id}")
         digest = source_sha256(case_dir, list_files(case_dir), label_file)
-        hu, affine, meta = read_series(case_dir, params.slice_spacing_tolerance)
-        raw_label, label_affine = load_label(label_file)
-        if not raw_label.any():
-            raise ValueError(f"{label_file}: label has no non-zero voxels")
-        try:
-            label, placement = align_to_ct(raw_label, label_affine, affine, meta, params)
-        except ValueError as exc:
-            raise ValueError(f"{label_file}: {exc}") from exc
-        voxels = int(np.count_nonzero(label))
-        if voxels == 0:
-            raise ValueError(f"{label_file}: no label voxel lands on the CT grid")
-        mean, sd = label_hu_stats(hu, label)
-        warning = implausible_hu(mean, sd, params)
-        if warning is not None:
-            warning = f"{label_file}: {warning}"
-            if params.strict:
-                raise ValueError(f"{warning} (strict)")
-        with atomic_dir(out_dir / case_id) as tmp:
-            write_nifti(tmp / IMAGE_FILE, hu, affine)
-            write_nifti(tmp / LABEL_FILE, label, affine)
+        hu, affine, meta = read_series(
+            case_dir,
+            params.slice_spacing_tolerance,
+            description=params.series.description,
+            series_uid=params.series.uids.get(case_id),
+            air_hu=params.air_hu,
+            outside_fov_below_hu=params.outside_fov_below_hu,
+        )
+        label, placement = label_on_ct(label_file, affine, meta, params)
+        checks = check_and_write(out_dir / case_id, hu, affine, label, label_file, params)
     except Exception as exc:  # noqa: BLE001 - any bad input must not stop the other cases
         message = str(exc) if isinstance(exc, (ValueError, OSError)) else repr(exc)
         # A stale folder from an earlier run would contradict the manifest.
@@ -178,12 +273,10 @@ def ingest_case(case_dir: Path, labels_dir: Path, out_dir: Path, params: IngestP
         case_id,
         shape=list(meta.shape),
         spacing=[round(s, 6) for s in meta.spacing],
-        label_voxels=voxels,
         label_placement=placement,
-        label_hu_mean=round(mean, 2),
-        label_hu_sd=round(sd, 2),
-        warning=warning,
         source_sha256=digest,
+        **checks,
+        **series_record(meta),
     )
 
 
@@ -207,21 +300,33 @@ def run(params: IngestParams, images: str | Path, labels: str | Path, out_dir: s
 
     Returns the manifest rows, sorted by case id. Bad cases are rows with status "error" and are
     reported on stderr, as are HU warnings (errors with ``params.strict``); a
-    ``PermissionError`` naming ``out_dir`` is raised if it is not writable.
+    ``PermissionError`` naming ``out_dir`` is raised if it is not writable. With
+    ``params.source == "decathlon"`` the cohort is read by ``ingest_decathlon.run_decathlon``.
     """
+    if params.source == "decathlon":
+        from pipeline.stages.ingest_decathlon import run_decathlon  # it imports this module
+
+        return run_decathlon(params, images, labels, out_dir)
     images, labels, out_dir = Path(images), Path(labels), Path(out_dir)
     cases = find_cases(images)
     ensure_writable_dir(out_dir)
     jobs = [(case, labels, out_dir, params) for case in cases]
+    return run_jobs(_ingest_case_args, jobs, params.workers, out_dir)
+
+
+def run_jobs(worker: Callable[[Any], dict], jobs: list, workers: int, out_dir: Path) -> list:
+    """Return ``[worker(job) for job in jobs]`` sorted by case id, run in-process or in
+    ``workers`` processes, with a progress bar; the rows are written to ``out_dir/manifest.json``.
+    """
     rows: list[dict] = []
     bar = tqdm(total=len(jobs), desc="ingest", unit="case", file=sys.stderr)
     with bar:
-        if params.workers == 1 or len(jobs) == 1:
+        if workers == 1 or len(jobs) == 1:
             for job in jobs:
-                _collect(_ingest_case_args(job), rows, bar)
+                _collect(worker(job), rows, bar)
         else:
-            with ProcessPoolExecutor(max_workers=min(params.workers, len(jobs))) as pool:
-                futures = [pool.submit(_ingest_case_args, job) for job in jobs]
+            with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+                futures = [pool.submit(worker, job) for job in jobs]
                 for future in as_completed(futures):
                     _collect(future.result(), rows, bar)
     rows.sort(key=lambda r: r["case_id"])
@@ -241,8 +346,17 @@ def _collect(row: dict, rows: list[dict], bar: tqdm) -> None:
 # ----------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``gvae ingest`` options; unset ones fall back to the params ``ingest`` section."""
-    parser.add_argument("--images", help="TCIA image folder holding PANCREAS_NNNN/ case folders")
-    parser.add_argument("--labels", help="folder holding labelNNNN.nii.gz files")
+    parser.add_argument(
+        "--source", choices=("tcia", "decathlon"), help="input layout (default: ingest.source)"
+    )
+    parser.add_argument(
+        "--images",
+        help="TCIA image folder holding PANCREAS_NNNN/ case folders (decathlon: imagesTr/)",
+    )
+    parser.add_argument(
+        "--labels",
+        help="folder holding labelNNNN.nii.gz or .dcm (SEG, RTSTRUCT) files (decathlon: labelsTr/)",
+    )
     parser.add_argument("--out", required=True, help="output folder (one subfolder per case)")
     parser.add_argument("--workers", type=int, help="worker processes (1 = in-process)")
     parser.add_argument(
@@ -260,6 +374,7 @@ def main(args: argparse.Namespace) -> int:
     overrides = {
         key: value
         for key, value in {
+            "source": args.source,
             "images": args.images,
             "labels": args.labels,
             "workers": args.workers,

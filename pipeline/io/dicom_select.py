@@ -1,0 +1,222 @@
+"""Choose the one axial CT volume among the series that share a case folder.
+
+Hospital exports put every series of a study side by side: localizers (scouts), thick and thin
+reconstructions, reformats, dose reports. Files are grouped by SeriesInstanceUID (PS3.3
+C.7.3.1), never by folder, and each series is either a candidate or skipped with a reason:
+
+- Modality other than CT (PS3.3 C.7.3.1);
+- ImageType with the value LOCALIZER (PS3.3 C.8.2.1.1.1: the third value of a CT ImageType);
+- a single image (a volume needs at least two slices);
+- a slice normal (row x column cosine, PS3.3 C.7.6.2.1.1) whose largest component is not the
+  patient z axis, i.e. a sagittal or coronal stack, not an axial one;
+- missing geometry attributes, inconsistent matrix / spacing / orientation, duplicate positions,
+  a missing slice, a non-uniform step or gantry tilt (``order_slices``).
+
+Choice rule among the candidates (after the optional overrides, a SeriesInstanceUID or a
+SeriesDescription regex): the thinnest slice step (to 0.01 mm), then the most slices, then the
+lowest SeriesNumber, then the lowest SeriesInstanceUID as text, so the choice never depends on
+file order. Thin first because the thin reconstruction of a study is the one a 3D pipeline
+wants; its coverage matches the thick one in every export we know of.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from pipeline.io.dicom_multiframe import frame_geometry, frame_step, is_enhanced
+from pipeline.io.dicom_read import (
+    REQUIRED,
+    SeriesError,
+    check_consistent,
+    group_by_series,
+    order_slices,
+    slice_normal,
+)
+
+_PLANES = ("sagittal", "coronal", "axial")  # dominant component x / y / z of the normal
+_STEP_DECIMALS = 2  # steps equal to 0.01 mm count as equal: DS values are rounded on write
+
+
+@dataclass(frozen=True)
+class SeriesSummary:
+    """One series of a case folder: what the choice and the manifest need."""
+
+    uid: str
+    description: str
+    number: int | None  # SeriesNumber, absent in many anonymised exports
+    files: tuple[Path, ...]
+    step_mm: float | None  # slice step along the normal; None when not a usable volume
+    reason: str | None  # why it was skipped; None for a candidate
+
+    def record(self) -> dict:
+        """Return the manifest entry of this series (JSON-ready)."""
+        entry = {"uid": self.uid, "description": self.description, "slices": len(self.files)}
+        if self.step_mm is not None:
+            entry["slice_step_mm"] = round(self.step_mm, 6)
+        if self.reason is not None:
+            entry["reason"] = self.reason
+        return entry
+
+
+def _series_number(ds: Dataset) -> int | None:
+    value = ds.get("SeriesNumber")
+    try:
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _plane_reason(normal: np.ndarray) -> str | None:
+    """Why a stack with this slice normal is not axial, or ``None`` if it is."""
+    plane = _PLANES[int(np.argmax(np.abs(normal)))]
+    if plane == "axial":
+        return None
+    return f"{plane} orientation (slice normal {np.round(normal, 3).tolist()}), not axial"
+
+
+def _enhanced_reason(
+    items: list[tuple[Path, Dataset]], tolerance: float
+) -> tuple[str | None, float | None]:
+    """``skip_reason`` for a series holding an enhanced multi-frame image."""
+    if len(items) > 1:
+        return f"a multi-frame image with {len(items) - 1} other file(s) in one series", None
+    path, ds = items[0]
+    try:
+        orientation, _, _ = frame_geometry(path, ds)
+        plane = _plane_reason(slice_normal(orientation))
+        if plane is not None:
+            return plane, None
+        return None, frame_step(path, ds, tolerance)
+    except ValueError as exc:
+        return str(exc), None
+
+
+def skip_reason(headers: dict[Path, Dataset], tolerance: float) -> tuple[str | None, float | None]:
+    """Return (why this one series is not an axial CT volume or None, slice step or None).
+
+    ``headers`` are the files of one series; see the module docstring for the reasons.
+    """
+    items = list(headers.items())
+    modalities = {str(ds.get("Modality", "")).upper() for _, ds in items}
+    if "CT" not in modalities:
+        return f"Modality {', '.join(sorted(modalities)) or 'missing'}, not CT", None
+    for path, ds in items:
+        value = ds.get("ImageType") or []
+        image_type = [str(v).upper() for v in ([value] if isinstance(value, str) else value)]
+        if "LOCALIZER" in image_type:
+            shown = "\\".join(image_type)
+            return f"localizer (ImageType {shown}, {path.name})", None
+    if any(is_enhanced(ds) for _, ds in items):
+        return _enhanced_reason(items, tolerance)
+    for path, ds in items:
+        missing = [kw for kw in REQUIRED if kw not in ds or ds[kw].VM == 0]
+        if missing:
+            return f"{path}: missing required attribute(s) {', '.join(missing)}", None
+    if len(items) < 2:
+        return f"a single image ({items[0][0].name}), not a volume", None
+    try:
+        check_consistent(headers)
+        normal = slice_normal(items[0][1].ImageOrientationPatient)
+    except ValueError as exc:
+        return str(exc), None
+    plane = _plane_reason(normal)
+    if plane is not None:
+        return plane, None
+    positions = np.array([[float(v) for v in ds.ImagePositionPatient] for _, ds in items])
+    try:
+        _, step = order_slices(positions, normal, [str(p) for p, _ in items], tolerance)
+    except SeriesError as exc:
+        return str(exc), None
+    return None, float(step)
+
+
+def summarize(headers: dict[Path, Dataset], tolerance: float) -> list[SeriesSummary]:
+    """Group ``headers`` by SeriesInstanceUID and summarise each series, sorted by UID."""
+    groups = group_by_series(headers)
+    out = []
+    for uid in sorted(groups):
+        group = {path: headers[path] for path in groups[uid]}
+        first = group[groups[uid][0]]
+        reason, step = skip_reason(group, tolerance)
+        out.append(
+            SeriesSummary(
+                uid=uid,
+                description=str(first.get("SeriesDescription", "") or ""),
+                number=_series_number(first),
+                files=tuple(group),
+                step_mm=step,
+                reason=reason,
+            )
+        )
+    return out
+
+
+def choice_key(series: SeriesSummary) -> tuple:
+    """Sort key of the default rule: thinnest step, most slices, lowest number, lowest UID."""
+    number = series.number if series.number is not None else np.iinfo(np.int64).max
+    return (round(series.step_mm or 0.0, _STEP_DECIMALS), -len(series.files), number, series.uid)
+
+
+def _listing(series: list[SeriesSummary]) -> str:
+    return "; ".join(
+        f"{s.uid} ('{s.description}', {len(s.files)} files)" + (f": {s.reason}" if s.reason else "")
+        for s in series
+    )
+
+
+def choose_series(
+    summaries: list[SeriesSummary],
+    description: str | None = None,
+    series_uid: str | None = None,
+) -> tuple[SeriesSummary, list[SeriesSummary]]:
+    """Return (the chosen series, every other series with the reason it was not chosen).
+
+    ``series_uid`` picks that series (an error if it is absent or unusable); otherwise
+    ``description`` (a regex, ``re.search`` on SeriesDescription) narrows the candidates; then
+    ``choice_key`` decides. Raises ``ValueError`` listing every series when nothing is usable.
+    """
+    candidates = [s for s in summaries if s.reason is None]
+    if series_uid is not None:
+        match = [s for s in summaries if s.uid == series_uid]
+        if not match:
+            raise ValueError(
+                f"series {series_uid} (params) not found; present: {_listing(summaries)}"
+            )
+        if match[0].reason is not None:
+            raise ValueError(f"series {series_uid} (params) is not usable: {match[0].reason}")
+        candidates = match
+    elif description is not None:
+        pattern = re.compile(description)
+        candidates = [s for s in candidates if pattern.search(s.description)]
+        if not candidates:
+            raise ValueError(
+                f"no usable series matches SeriesDescription /{description}/; present: "
+                f"{_listing(summaries)}"
+            )
+    if not candidates:
+        raise ValueError(f"no usable axial CT series: {_listing(summaries)}")
+    chosen = min(candidates, key=choice_key)
+    skipped = [
+        s
+        if s.reason is not None
+        else replace(s, reason=_why_not(s, chosen, description, series_uid))
+        for s in summaries
+        if s is not chosen
+    ]
+    return chosen, skipped
+
+
+def _why_not(
+    series: SeriesSummary, chosen: SeriesSummary, description: str | None, series_uid: str | None
+) -> str:
+    """The reason a usable series was not chosen, for the manifest."""
+    if series_uid is not None:
+        return f"params name series {series_uid} for this case"
+    if description is not None and not re.search(description, series.description):
+        return f"SeriesDescription does not match /{description}/ (params)"
+    return f"choice rule (thinnest step, most slices) prefers {chosen.uid}"
