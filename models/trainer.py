@@ -18,9 +18,11 @@ import contextlib
 import csv
 import hashlib
 import math
+import shutil
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from tqdm import tqdm
@@ -133,16 +135,19 @@ def checkpoint_digest(path: str | Path) -> str:
     return digest.hexdigest()[:16]
 
 
+class ResumeError(ValueError):
+    """A checkpoint that this run may not continue (other model, data or trajectory settings)."""
+
+
 def resume_problem(
-    path: Path, model: GenerativeModel, cfg: TrainConfig, fingerprint: str
+    ck: dict[str, Any], model: GenerativeModel, cfg: TrainConfig, fingerprint: str
 ) -> str | None:
-    """Why the checkpoint at ``path`` cannot be continued by this run, or None if it can.
+    """Why checkpoint ``ck`` cannot be continued by this run, or None if it can.
 
     A checkpoint continues only the same network (name, config, shape) on the same data
     (``fingerprint``) with the same trajectory settings (``_RESUME_KEYS``), and only forwards:
     one already past ``cfg.steps`` would hand back a longer-trained model than asked for.
     """
-    ck = _read_checkpoint(path)
     mine = (model.name, model.config.model_dump(mode="json"), model.channels, model.size)
     theirs = (ck["model_name"], ck["model_config"], ck["channels"], ck["size"])
     if mine != theirs:
@@ -161,6 +166,13 @@ def resume_problem(
     return None
 
 
+def _clear_products(out_dir: Path) -> None:
+    """Remove what ``train`` writes into a run folder (checkpoint, loss log, sample grids)."""
+    (out_dir / CHECKPOINT).unlink(missing_ok=True)
+    (out_dir / LOSSES).unlink(missing_ok=True)
+    shutil.rmtree(out_dir / "samples", ignore_errors=True)
+
+
 def _read_checkpoint(path: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
@@ -170,7 +182,7 @@ def train(
     data: torch.Tensor,
     cfg: TrainConfig,
     out_dir: Path,
-    resume: bool = False,
+    resume: bool | Literal["if_compatible"] = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train ``model`` on ``data`` (N, C, H, W) in [-1, 1] for ``cfg.steps`` steps.
@@ -179,7 +191,11 @@ def train(
     ``out_dir/losses.csv`` (step + every loss term, every ``log_every`` steps; critic terms are
     prefixed ``critic_``) and ``out_dir/samples/step-XXXXXX.png`` (fixed noise). With
     ``resume=True`` and a checkpoint present, training continues from it (a missing checkpoint
-    starts afresh). The caller seeds model initialisation; the trainer seeds everything after.
+    starts afresh); a checkpoint that :func:`resume_problem` refuses raises ``ResumeError``, or
+    with ``resume="if_compatible"`` is removed with the loss log and sample grids, saying why on
+    stderr, and training starts afresh (what ``dvc repro`` uses, so an interrupted long run goes
+    on and a stale one never does). The caller seeds model initialisation; the trainer seeds
+    everything after.
     Returns {"model", "device", "steps", "steps_run", "seconds", "step_s", "img_per_s",
     "peak_memory_mb" (None on CPU), "final_losses"}. Raises ``FloatingPointError`` on a
     non-finite loss (module docstring).
@@ -209,11 +225,15 @@ def train(
     start, rows = 0, []
     ck_path = out_dir / CHECKPOINT
     fingerprint = data_fingerprint(data)
-    if resume and ck_path.exists():
-        problem = resume_problem(ck_path, model, cfg, fingerprint)
-        if problem:
-            raise ValueError(f"{ck_path}: {problem}")
-        ck = _read_checkpoint(ck_path)
+    ck = _read_checkpoint(ck_path) if resume and ck_path.exists() else None
+    problem = ck and resume_problem(ck, model, cfg, fingerprint)
+    if problem and resume != "if_compatible":
+        raise ResumeError(f"{ck_path}: {problem}")
+    if problem:  # a stale run of other settings or data: never continued, never left behind
+        print(f"{out_dir}: starting afresh: {problem}", file=sys.stderr)
+        _clear_products(out_dir)
+        ck = None
+    if ck is not None:
         model.load_state_dict(ck["model_state"])
         gen_opt.load_state_dict(ck["gen_opt_state"])
         if critic_opt is not None:

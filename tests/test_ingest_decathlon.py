@@ -68,7 +68,7 @@ def cohort(real_data_dir, tmp_path_factory):
 def test_decathlon_case_is_written_like_a_tcia_case(cohort):
     row = cohort["rows"]["pancreas_001"]
     assert row["status"] == "ok", row
-    assert set(row) == set(ingest._row("x")), "manifest keys differ from the TCIA source"
+    assert set(row) == set(ingest.manifest_row("x")), "manifest keys differ from the TCIA source"
     assert 98.0 <= row["label_hu_mean"] <= 108.0 and row["label_hu_sd"] < 40.0, row
     assert row["label_placement"] == "exact" and row["label_voxels"] == 78329
     assert row["shape"] == [512, 512, 240]

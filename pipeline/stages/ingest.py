@@ -106,7 +106,7 @@ def source_sha256(case_dir: Path, files: list[Path], label: Path) -> str:
     return digest.hexdigest()
 
 
-def _row(case_id: str, **fields: Any) -> dict[str, Any]:
+def manifest_row(case_id: str, **fields: Any) -> dict[str, Any]:
     row = {
         "case_id": case_id,
         "status": "ok",
@@ -125,6 +125,36 @@ def _row(case_id: str, **fields: Any) -> dict[str, Any]:
     }
     row.update(fields)
     return row
+
+
+def error_row(case_id: str, case_out: Path, exc: BaseException, digest: str | None) -> dict:
+    """Return the "error" manifest row of a case that failed with ``exc``, after removing its
+    output folder: a stale folder from an earlier run would contradict the manifest."""
+    message = str(exc) if isinstance(exc, (ValueError, OSError)) else repr(exc)
+    shutil.rmtree(case_out, ignore_errors=True)
+    return manifest_row(case_id, status="error", error=message, source_sha256=digest)
+
+
+def place_by_affine(
+    label: np.ndarray,
+    label_affine: np.ndarray,
+    shape: tuple,
+    affine: np.ndarray,
+    params: IngestParams,
+    label_file: Path,
+) -> tuple[np.ndarray, str]:
+    """``place_label`` with the params' tolerances; its errors name ``label_file``."""
+    try:
+        return place_label(
+            label,
+            label_affine,
+            shape,
+            affine,
+            params.label_grid_tolerance_mm,
+            params.label_outside_tolerance_mm,
+        )
+    except ValueError as exc:
+        raise ValueError(f"{label_file}: {exc}") from exc
 
 
 def series_record(meta: SeriesMeta) -> dict[str, Any]:
@@ -148,20 +178,17 @@ def align_to_ct(
     affine: np.ndarray,
     meta: SeriesMeta,
     params: IngestParams,
+    label_file: Path,
 ) -> tuple[np.ndarray, str]:
     """Return ``(label on the CT grid of meta.shape and affine, placement)`` by the rule
     ``params.label_geometry`` names: "exact" or "nearest" by the label's affine, or "instance"
-    by InstanceNumber."""
-    if params.label_geometry == "instance":
+    by InstanceNumber. Errors name ``label_file``."""
+    if params.label_geometry == "affine":
+        return place_by_affine(label, label_affine, meta.shape, affine, params, label_file)
+    try:
         return align_label(label, meta.instance_numbers, meta.shape), "instance"
-    return place_label(
-        label,
-        label_affine,
-        meta.shape,
-        affine,
-        params.label_grid_tolerance_mm,
-        params.label_outside_tolerance_mm,
-    )
+    except ValueError as exc:
+        raise ValueError(f"{label_file}: {exc}") from exc
 
 
 def label_hu_stats(hu: np.ndarray, label: np.ndarray) -> tuple[float, float]:
@@ -204,10 +231,7 @@ def label_on_ct(
     raw_label, label_affine = load_label(label_file)
     if not raw_label.any():
         raise ValueError(f"{label_file}: label has no non-zero voxels")
-    try:
-        return align_to_ct(raw_label, label_affine, affine, meta, params)
-    except ValueError as exc:
-        raise ValueError(f"{label_file}: {exc}") from exc
+    return align_to_ct(raw_label, label_affine, affine, meta, params, label_file)
 
 
 def check_and_write(
@@ -265,11 +289,8 @@ def ingest_case(case_dir: Path, labels_dir: Path, out_dir: Path, params: IngestP
         label, placement = label_on_ct(label_file, affine, meta, params)
         checks = check_and_write(out_dir / case_id, hu, affine, label, label_file, params)
     except Exception as exc:  # noqa: BLE001 - any bad input must not stop the other cases
-        message = str(exc) if isinstance(exc, (ValueError, OSError)) else repr(exc)
-        # A stale folder from an earlier run would contradict the manifest.
-        shutil.rmtree(out_dir / case_id, ignore_errors=True)
-        return _row(case_id, status="error", error=message, source_sha256=digest)
-    return _row(
+        return error_row(case_id, out_dir / case_id, exc, digest)
+    return manifest_row(
         case_id,
         shape=list(meta.shape),
         spacing=[round(s, 6) for s in meta.spacing],

@@ -12,7 +12,6 @@ naming the file and never stops the others.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +25,15 @@ from pipeline.cohort.decathlon import (
 )
 from pipeline.config import IngestParams
 from pipeline.io.atomic import ensure_writable_dir
-from pipeline.io.label_geometry import place_label
 from pipeline.io.nifti import load_label
-from pipeline.stages.ingest import _row, check_and_write, run_jobs, source_sha256
+from pipeline.stages.ingest import (
+    check_and_write,
+    error_row,
+    manifest_row,
+    place_by_affine,
+    run_jobs,
+    source_sha256,
+)
 
 
 def decathlon_label(
@@ -44,17 +49,7 @@ def decathlon_label(
         raise ValueError(
             f"{case.label}: no voxel holds a pancreas value {list(wanted)} (values {present})"
         )
-    try:
-        return place_label(
-            mask,
-            label_affine,
-            shape,
-            affine,
-            params.label_grid_tolerance_mm,
-            params.label_outside_tolerance_mm,
-        )
-    except ValueError as exc:
-        raise ValueError(f"{case.label}: {exc}") from exc
+    return place_by_affine(mask, label_affine, shape, affine, params, case.label)
 
 
 def ingest_decathlon_case(case: DecathlonCase, out_dir: Path, params: IngestParams) -> dict:
@@ -68,11 +63,9 @@ def ingest_decathlon_case(case: DecathlonCase, out_dir: Path, params: IngestPara
         label, placement = decathlon_label(case, hu.shape, affine, params)
         checks = check_and_write(out_dir / case.case_id, hu, affine, label, case.label, params)
     except Exception as exc:  # noqa: BLE001 - any bad input must not stop the other cases
-        message = str(exc) if isinstance(exc, (ValueError, OSError)) else repr(exc)
-        shutil.rmtree(out_dir / case.case_id, ignore_errors=True)  # would contradict the row
-        return _row(case.case_id, status="error", error=message, source_sha256=digest)
+        return error_row(case.case_id, out_dir / case.case_id, exc, digest)
     spacing = [round(float(s), 6) for s in np.linalg.norm(affine[:3, :3], axis=0)]
-    return _row(
+    return manifest_row(
         case.case_id,
         shape=list(hu.shape),
         spacing=spacing,

@@ -19,6 +19,7 @@ import argparse
 import shutil
 import sys
 from pathlib import Path
+from typing import Literal
 
 from pipeline.cli import StageError
 from pipeline.config import load_model_config, load_section
@@ -99,20 +100,20 @@ def run(
     dataset: str,
     data_dir: Path,
     out_dir: Path,
-    resume: bool | str = False,
+    resume: bool | Literal["if_compatible"] = False,
     progress: bool = True,
     fraction: float | None = None,
 ) -> dict:
     """Train ``model_name`` on ``dataset``'s train split; write the run folder; return a summary.
 
-    ``resume``: False (start afresh), True (continue the checkpoint; an incompatible one is an
-    error) or ``"if_compatible"`` (continue it if :func:`models.trainer.resume_problem` finds
-    nothing, else clear the folder's stale run files and start afresh, saying why).
+    ``resume``: False (start afresh), True (continue the checkpoint; an incompatible one is a
+    ``StageError``) or ``"if_compatible"`` (continue it if it is compatible, else start afresh
+    and say why; see :func:`models.trainer.train`).
     """
     import torch
 
     from models.registry import build_model
-    from models.trainer import CHECKPOINT, data_fingerprint, resume_problem, train
+    from models.trainer import ResumeError, train
 
     is_ct = dataset in CT
     if fraction is not None and not is_ct:
@@ -128,18 +129,12 @@ def run(
     # The trainer seeds everything after construction; initial weights are seeded here.
     torch.manual_seed(train_cfg.seed)
     model = build_model(model_name, model_cfg, channels=images.shape[1], size=images.shape[-1])
-    ck = out_dir / CHECKPOINT
-    if resume and ck.exists():
-        problem = resume_problem(ck, model, train_cfg, data_fingerprint(images))
-        if problem and resume != "if_compatible":
-            raise StageError(f"{ck}: {problem} (--resume-if-compatible starts afresh instead)")
-        if problem:
-            print(f"{out_dir}: starting afresh: {problem}", file=sys.stderr)
-            clear_run(out_dir)
-        resume = problem is None
     if is_ct:
         write_json(out_dir / DATA_JSON, _data_record(data_dir, cases, fraction, len(images)))
-    summary = train(model, images, train_cfg, out_dir, resume=resume, progress=progress)
+    try:
+        summary = train(model, images, train_cfg, out_dir, resume=resume, progress=progress)
+    except ResumeError as exc:
+        raise StageError(f"{exc} (--resume-if-compatible starts afresh instead)") from None
     summary = {"model": model_name, "dataset": dataset, "n_train": len(images), **summary}
     if is_ct:
         summary["cases"] = cases
@@ -147,16 +142,6 @@ def run(
         # A resume with nothing left to run keeps the figures of the run that did the work.
         write_json(out_dir / "summary.json", summary)
     return summary
-
-
-RUN_FILES = ("checkpoint.pt", "losses.csv", "summary.json", DATA_JSON)
-
-
-def clear_run(out_dir: Path) -> None:
-    """Remove a run folder's training products (checkpoint, logs, sample grids), nothing else."""
-    for name in RUN_FILES:
-        (out_dir / name).unlink(missing_ok=True)
-    shutil.rmtree(out_dir / "samples", ignore_errors=True)
 
 
 def _drop_stale_fractions(out: Path, fractions: list[float]) -> None:
