@@ -97,13 +97,15 @@ class GenerativeModel(nn.Module):
     """Base of every registered model; subclasses build their networks and own their losses.
 
     Attributes: ``name`` (registry name), ``config`` (validated pydantic config), ``channels``,
-    ``size``, ``latent_dim``, ``has_encoder``, ``has_critic`` and ``n_critic`` (critic updates
-    per encoder/generator update; 0 without a critic).
+    ``size``, ``latent_dim``, ``has_encoder``, ``has_critic``, ``n_critic`` (critic updates
+    per encoder/generator update; 0 without a critic) and ``deterministic_encoder`` (``forward``
+    never samples: z = mu in train mode too, e.g. the plain autoencoder).
     """
 
     name: str = "base"
     has_encoder: bool = False
     has_critic: bool = False
+    deterministic_encoder: bool = False
 
     def __init__(self, config: NetConfig, channels: int, size: int) -> None:
         super().__init__()
@@ -132,6 +134,19 @@ class GenerativeModel(nn.Module):
         """Parameters updated by the critic optimizer (empty without a critic)."""
         critic = getattr(self, "critic", None)
         return iter(()) if critic is None else critic.parameters()
+
+    def after_critic_step(self) -> None:
+        """Called by the trainer after every critic optimizer step; a no-op by default.
+
+        For constraints on the critic's weights (WGAN's weight clipping, Arjovsky et al. 2017,
+        Algorithm 1, line 7).
+        """
+
+    def after_generator_step(self) -> None:
+        """Called by the trainer after every encoder/generator optimizer step; a no-op by default.
+
+        For state that follows the generator's weights (e.g. a frozen copy of an earlier one).
+        """
 
     # ----------------------------------------------------------------- generation
     def decode(self, z: Tensor) -> Tensor:

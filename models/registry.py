@@ -15,7 +15,21 @@ from pydantic import BaseModel
 from models.base import GenerativeModel
 from models.config import NetConfig
 
-_MODULES = ("models.vae", "models.wgan_gp", "models.vae_gan", "models.gvae")
+_MODULES = (
+    "models.vae",
+    "models.wgan_gp",
+    "models.vae_gan",
+    "models.gvae",
+    "models.ae",
+    "models.beta_tcvae",
+    "models.gan",
+    "models.wgan",
+    "models.constrained_vae_gan",
+    "models.aae",
+    "models.alpha_gan",
+    "models.ali",
+    "models.ddpm",
+)
 _REGISTRY: dict[str, tuple[type[GenerativeModel], type[NetConfig]]] = {}
 
 

@@ -10,6 +10,10 @@ exactly the batches an uninterrupted one would.
 A non-finite loss raises ``FloatingPointError`` naming the step and the loss term instead of
 skipping the batch: a skipped divergence silently hides a broken run, while the last good
 checkpoint is still on disk to inspect or resume from with other settings.
+
+In a process group of 2+ ranks (``torchrun``, :mod:`models.distributed`) the loop runs
+data-parallel: ``batch_size`` is the global batch, each rank trains on its slice, gradients and
+logged losses are averaged over ranks, and only rank 0 reads or writes the run folder.
 """
 
 from __future__ import annotations
@@ -27,16 +31,27 @@ from typing import Any, Literal
 import torch
 from tqdm import tqdm
 
+from models import distributed
 from models.base import GenerativeModel
 from models.config import TrainConfig
 from models.grid import save_grid
+from models.optim import make_optimizer
 from models.registry import build_model
 from pipeline.io.atomic import atomic_path
 
 CHECKPOINT = "checkpoint.pt"
 LOSSES = "losses.csv"
 # Settings that change the trajectory; a resume must not change them.
-_RESUME_KEYS = ("seed", "batch_size", "lr", "adam_betas", "critic_lr", "critic_betas", "grad_clip")
+_RESUME_KEYS = (
+    "seed",
+    "batch_size",
+    "optimizer",
+    "lr",
+    "adam_betas",
+    "critic_lr",
+    "critic_betas",
+    "grad_clip",
+)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -89,17 +104,25 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _update(model, loss_fn, x, opt, params, cfg, amp, step: int, prefix: str) -> dict[str, float]:
-    """One optimizer step on ``loss_fn(x)["total"]``; returns the loss values as floats."""
-    with amp():
+def _update(
+    model, loss_fn, x, opt, params, cfg, amp, step: int, prefix: str, ctx=None
+) -> dict[str, float]:
+    """One optimizer step on ``loss_fn(x)["total"]``; returns the loss values as floats.
+
+    With a ``Distributed`` ``ctx``, values and gradients are averaged over ranks (global batch).
+    """
+    with amp(), ctx.sharded_random(x.shape[0]) if ctx else contextlib.nullcontext():
         terms = loss_fn(x)
-    values = torch.stack([t.detach().float() for t in terms.values()]).tolist()  # one sync
+    values = torch.stack([t.detach().float() for t in terms.values()])
+    values = (ctx.mean(values) if ctx else values).tolist()  # one sync
     logged = {f"{prefix}{k}": v for k, v in zip(terms, values, strict=True)}
     for key, v in logged.items():
         if not math.isfinite(v):
             raise FloatingPointError(f"{model.name}: non-finite loss at step {step}: {key} = {v}")
     opt.zero_grad(set_to_none=True)
     terms["total"].backward()
+    if ctx is not None:
+        ctx.average_gradients(params)
     if cfg.grad_clip is not None:
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
     opt.step()
@@ -196,12 +219,15 @@ def train(
     stderr, and training starts afresh (what ``dvc repro`` uses, so an interrupted long run goes
     on and a stale one never does). The caller seeds model initialisation; the trainer seeds
     everything after.
-    Returns {"model", "device", "steps", "steps_run", "seconds", "step_s", "img_per_s",
-    "peak_memory_mb" (None on CPU), "final_losses"}. Raises ``FloatingPointError`` on a
-    non-finite loss (module docstring).
+    Returns {"model", "device", "steps", "steps_run", "seconds", "step_s", "img_per_s"
+    (global), "peak_memory_mb" (None on CPU), "world_size", "final_losses"}. Raises
+    ``FloatingPointError`` on a non-finite loss (module docstring). Under a process group
+    every rank calls this with the same arguments (module docstring).
     """
     out_dir = Path(out_dir)
     _check_data(model, data)
+    ctx = distributed.current()  # None in one process
+    main = ctx is None or ctx.rank == 0
     device = resolve_device(cfg.device)
     amp = (
         (lambda: torch.autocast("cuda", dtype=torch.bfloat16))
@@ -213,32 +239,45 @@ def train(
     if cfg.channels_last:  # batches indexed out of an NHWC tensor stay NHWC
         model.to(memory_format=torch.channels_last)
         data = data.contiguous(memory_format=torch.channels_last)
+    fingerprint = data_fingerprint(data)
+    if ctx is not None:  # before the optimizers exist; batch norm keeps its parameter objects
+        ctx.prepare(model, cfg, device, fingerprint)
     gen_params = list(model.generator_parameters())
     critic_params = list(model.critic_parameters())
-    gen_opt = torch.optim.Adam(gen_params, lr=cfg.lr, betas=cfg.adam_betas)
+    gen_opt = make_optimizer(cfg.optimizer, gen_params, cfg.lr, cfg.adam_betas)
     critic_opt = None
     if model.has_critic:
-        critic_opt = torch.optim.Adam(
-            critic_params, lr=cfg.critic_lr or cfg.lr, betas=cfg.critic_betas or cfg.adam_betas
+        critic_opt = make_optimizer(
+            cfg.optimizer,
+            critic_params,
+            cfg.critic_lr or cfg.lr,
+            cfg.critic_betas or cfg.adam_betas,
         )
 
     start, rows = 0, []
     ck_path = out_dir / CHECKPOINT
-    fingerprint = data_fingerprint(data)
-    ck = _read_checkpoint(ck_path) if resume and ck_path.exists() else None
-    problem = ck and resume_problem(ck, model, cfg, fingerprint)
-    if problem and resume != "if_compatible":
-        raise ResumeError(f"{ck_path}: {problem}")
-    if problem:  # a stale run of other settings or data: never continued, never left behind
-        print(f"{out_dir}: starting afresh: {problem}", file=sys.stderr)
-        _clear_products(out_dir)
-        ck = None
+
+    def resumable() -> dict[str, Any] | None:
+        ck = _read_checkpoint(ck_path) if resume and ck_path.exists() else None
+        problem = ck and resume_problem(ck, model, cfg, fingerprint)
+        if problem and resume != "if_compatible":
+            raise ResumeError(f"{ck_path}: {problem}")
+        if problem:  # a stale run of other settings or data: never continued, never left behind
+            print(f"{out_dir}: starting afresh: {problem}", file=sys.stderr)
+            _clear_products(out_dir)
+            ck = None
+        return ck
+
+    # Rank 0 alone reads (and may clear) the run folder; every rank continues its answer.
+    ck = resumable() if ctx is None else ctx.on_main(resumable)
     if ck is not None:
         model.load_state_dict(ck["model_state"])
         gen_opt.load_state_dict(ck["gen_opt_state"])
         if critic_opt is not None:
             critic_opt.load_state_dict(ck["critic_opt_state"])
         _set_rng_state(ck["rng"])
+        if ctx is not None:
+            ctx.sync_cuda_rng(device)
         start, rows = ck["step"], [r for r in ck["loss_rows"] if r["step"] <= ck["step"]]
     else:
         torch.manual_seed(cfg.seed)
@@ -275,17 +314,18 @@ def train(
         range(start, cfg.steps),
         initial=start,
         total=cfg.steps,
-        disable=not progress,
+        disable=not (progress and main),
         desc=model.name,
         dynamic_ncols=True,
     )
+    shard = ctx.shard if ctx else (lambda indices: indices)  # this rank's part of a batch
     for s in bar:
         step = s + 1
         batch = iter(range(s * per_step, (s + 1) * per_step))
         logged = {}
         if model.has_critic:
             for _ in range(model.n_critic):
-                x = data[sampler.indices(next(batch)).to(device)]
+                x = data[shard(sampler.indices(next(batch))).to(device)]
                 logged = _update(
                     model,
                     model.critic_loss,
@@ -296,15 +336,18 @@ def train(
                     amp,
                     step,
                     "critic_",
+                    ctx,
                 )
+                model.after_critic_step()  # e.g. WGAN's weight clipping
             for p in critic_params:  # the generator step needs no critic gradients
                 p.requires_grad_(False)
         try:
-            x = data[sampler.indices(next(batch)).to(device)]
+            x = data[shard(sampler.indices(next(batch))).to(device)]
             logged = {
-                **_update(model, model.losses, x, gen_opt, gen_params, cfg, amp, step, ""),
+                **_update(model, model.losses, x, gen_opt, gen_params, cfg, amp, step, "", ctx),
                 **logged,
             }
+            model.after_generator_step()
         finally:
             for p in critic_params:
                 p.requires_grad_(True)
@@ -312,9 +355,10 @@ def train(
         if step % cfg.log_every == 0 or step == cfg.steps:
             rows.append({"step": step, **logged})
             bar.set_postfix(total=f"{logged['total']:.4g}", refresh=False)
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+        checkpoint = step % cfg.checkpoint_every == 0 or step == cfg.steps
+        if main and checkpoint:
             save_checkpoint(step)
-        if step % cfg.sample_every == 0 or step == cfg.steps:
+        if main and (step % cfg.sample_every == 0 or step == cfg.steps):
             model.eval()
             with torch.no_grad(), amp():
                 grid = model.decode(fixed_z)
@@ -325,6 +369,8 @@ def train(
                 cfg.grid,
                 scale=1,
             )
+        if ctx is not None and checkpoint:
+            ctx.barrier()  # the other ranks wait until rank 0's checkpoint and grid are written
     bar.close()
     seconds = time.perf_counter() - t0
     steps_run = max(cfg.steps - start, 0)
@@ -339,6 +385,7 @@ def train(
         "peak_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20
         if device.type == "cuda"
         else None,
+        "world_size": 1 if ctx is None else ctx.world,
         "final_losses": logged,
     }
 

@@ -24,6 +24,8 @@ from pipeline.params_eval import (
     MnistParams,
 )
 from pipeline.params_export import ExportParams
+from pipeline.params_fetch import FetchParams
+from pipeline.params_flows import FlowsParams
 from pipeline.params_ingest import IngestParams
 from pipeline.params_quality import CtFeatureParams, QualityParams
 from pipeline.params_segment import SegmentParams
@@ -152,6 +154,7 @@ class SlicesParams(Frozen):
 # ----------------------------------------------------------------------------- loading
 SECTIONS: dict[str, type[Frozen]] = {
     "phantom": PhantomParams,
+    "fetch": FetchParams,
     "ingest": IngestParams,
     "slices": SlicesParams,
     "mnist": MnistParams,
@@ -164,6 +167,7 @@ SECTIONS: dict[str, type[Frozen]] = {
     "ct_quality": QualityParams,
     "segment": SegmentParams,
     "export": ExportParams,
+    "flows": FlowsParams,
 }
 
 
@@ -220,7 +224,7 @@ PROFILE_KEYS = ("profile", "full", "paper")
 # Top-level keys that are not pydantic sections (``models`` is validated per registry entry).
 SPECIAL_KEYS = {*PROFILE_KEYS, "models"}
 # (section, key) lists that dvc.yaml expands stages over: the DAG's shape, not a run size.
-DAG_LISTS = (("ct", "models"), ("mnist", "datasets"))
+DAG_LISTS = (("ct", "models"), ("mnist", "datasets"), ("mnist", "models"))
 
 
 def _check_top_level(path: Path, raw: dict[str, Any]) -> None:
@@ -278,6 +282,18 @@ def resolve_profile(raw: dict[str, Any]) -> dict[str, Any]:
     return sections
 
 
+def with_overrides(section: Frozen, overrides: dict[str, Any]) -> Any:
+    """Return ``section`` re-validated with the CLI options that are not ``None`` merged in.
+
+    Raises ``ParamsError`` ("invalid option: ...") when an option breaks the section's rules.
+    """
+    given = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        return type(section).model_validate({**section.model_dump(), **given})
+    except ValidationError as exc:
+        raise ParamsError(f"invalid option: {exc}") from None
+
+
 def load_params(path: str | os.PathLike = DEFAULT_PARAMS) -> dict[str, Any]:
     """Parse and validate every section of ``path``; unknown top-level keys are errors."""
     path = Path(path)
@@ -327,5 +343,18 @@ def load_model_config(path: str | os.PathLike, name: str, ct: bool = False) -> t
 
 
 def load_params_models(path: str | os.PathLike) -> list[str]:
-    """Return the model names of the ``models`` section, in file order (the comparison rows)."""
+    """Return ``mnist.models``, the compared models in table order; each must have a block.
+
+    ``models:`` may configure more registry entries than the DAG trains (``configured_models``).
+    """
+    path = Path(path)
+    compared = load_section(path, "mnist").models
+    missing = [m for m in compared if m not in configured_models(path)]
+    if missing:
+        raise ParamsError(f"{path}: mnist.models names {missing} with no 'models.<name>' block")
+    return compared
+
+
+def configured_models(path: str | os.PathLike) -> list[str]:
+    """Return the model names of the ``models`` section, in file order."""
     return list((_resolved(Path(path)).get("models") or {}).keys())

@@ -24,12 +24,15 @@ class MnistParams(Frozen):
 
     mirror: str | None = None
     datasets: list[Literal["mnist", "fashion_mnist"]] = Field(["mnist"], min_length=1)
+    # The models the sanity stages train and compare (rows of the tables, in this order); each
+    # needs a ``models.<name>`` block (checked by ``pipeline.config.load_params_models``).
+    models: list[str] = Field(["vae", "beta_vae", "wgan_gp", "vae_gan", "gvae"], min_length=1)
 
-    @field_validator("datasets")
+    @field_validator("datasets", "models")
     @classmethod
     def _unique(cls, v: list[str]) -> list[str]:
         if len(set(v)) != len(v):
-            raise ValueError(f"datasets must not repeat, got {v}")
+            raise ValueError(f"entries must not repeat, got {v}")
         return v
 
 

@@ -8,11 +8,13 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from models.registry import available
 from pipeline.cli import main
 from pipeline.config import (
     ParamsError,
     SlicesParams,
     SplitParams,
+    configured_models,
     load_model_config,
     load_params,
     load_params_models,
@@ -85,12 +87,14 @@ def test_cli_reports_params_error(tmp_path, capsys):
     assert "ingest.wrokers" in err and str(p) in err
 
 
-def test_every_compared_model_config_validates():
-    names = load_params_models(REPO / "params.yaml")
-    assert names == ["vae", "beta_vae", "wgan_gp", "vae_gan", "gvae"]
+def test_every_configured_model_config_validates():
+    compared = load_params_models(REPO / "params.yaml")
+    assert compared == ["vae", "beta_vae", "wgan_gp", "vae_gan", "gvae"]
+    names = configured_models(REPO / "params.yaml")
+    assert set(available()) <= set(names)  # every registry entry has its params block
     for name in names:
         model_cfg, train_cfg = load_model_config(REPO / "params.yaml", name)
-        assert train_cfg.steps > 0 and model_cfg.latent_dim > 0
+        assert train_cfg.steps > 0 and model_cfg.model_dump()  # validated, not empty
     _, wgan_train = load_model_config(REPO / "params.yaml", "wgan_gp")
     assert wgan_train.adam_betas == (0.0, 0.9)  # per-model override of the shared section
 

@@ -3,9 +3,10 @@ every stage whose settings it changes."""
 
 from __future__ import annotations
 
+import pytest
 import yaml
 
-from pipeline.config import load_params_models
+from pipeline.config import ParamsError, load_params_models
 
 from .conftest import REPO
 
@@ -18,9 +19,21 @@ def _params() -> dict:
     return yaml.safe_load((REPO / "params.yaml").read_text())
 
 
-def test_compared_models_match_params_models():
-    compared = _dvc()["vars"][0]["compared"]
-    assert compared == load_params_models(REPO / "params.yaml")
+def test_sanity_stages_expand_over_the_compared_models_of_params():
+    # One list: dvc.yaml's model matrices read mnist.models, which every model block backs.
+    for name in ("train", "sample", "evaluate"):
+        assert _dvc()["stages"][name]["matrix"]["model"] == "${mnist.models}"
+    assert load_params_models(REPO / "params.yaml") == _params()["mnist"]["models"]
+    assert "vars" not in _dvc()
+
+
+def test_compared_model_without_a_block_is_named(tmp_path):
+    raw = _params()
+    raw["mnist"]["models"] = ["vae", "no_such_block"]
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ParamsError, match="no_such_block"):
+        load_params_models(path)
 
 
 def test_profile_overrides_are_tracked_by_every_stage_that_reads_them():

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.dvc_scratch import scratch_repo
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,16 +53,8 @@ def _stages_run(log: str) -> set[str]:
 
 @pytest.mark.slow
 def test_dvc_repro_whole_dag(tmp_path, real_data_dir):
-    if shutil.which("gvae") is None or shutil.which("dvc") is None:
-        pytest.fail("the package must be installed (pip install -e .) so `gvae` and `dvc` exist")
-    work = tmp_path / "repo"
-    work.mkdir()
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ("pipeline", "models"):
-        shutil.copytree(REPO / name, work / name, ignore=ignore)
-    shutil.copy(REPO / "dvc.yaml", work / "dvc.yaml")
     params = _merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    work = scratch_repo(tmp_path, params)
     env = dict(os.environ, GVAE_DATA_MIRROR=str(real_data_dir), MPLBACKEND="Agg")
     for cmd in (
         ["git", "init", "-q"],
@@ -74,9 +67,9 @@ def test_dvc_repro_whole_dag(tmp_path, real_data_dir):
     ran = _stages_run(first)
     datasets = params["mnist"]["datasets"]
     assert datasets == ["mnist"]  # the 2-core default; `full`/`paper` add Fashion-MNIST
-    assert {"phantom", "ingest", "slices", "report@mnist"} <= ran
+    assert {"phantom", "ingest", "slices", "tables@mnist", "report"} <= ran
     assert not any("fashion_mnist" in stage for stage in ran)
-    assert {f"train@mnist-{m}" for m in params["models"]} <= ran
+    assert {f"train@mnist-{m}" for m in params["mnist"]["models"]} <= ran
     ct_models = params["ct"]["models"]
     assert {f"train_ct@{m}" for m in ct_models} | {f"generate@{m}" for m in ct_models} <= ran
     assert {"ct_features", "ct_quality_real", "ct_quality_report", "segment"} <= ran
@@ -91,10 +84,14 @@ def test_dvc_repro_whole_dag(tmp_path, real_data_dir):
     assert (work / "data/slices/index.json").is_file()
     assert (work / "data/slices/contact_sheet.png").stat().st_size > 1000
     for dataset in datasets:
-        table = (work / f"data/reports/{dataset}/table.md").read_text()
-        for model in params["models"]:
+        table = (work / f"data/tables/{dataset}/table.md").read_text()
+        for model in params["mnist"]["models"]:
             assert f"| {model} |" in table
-        assert (work / f"data/reports/{dataset}/samples.png").stat().st_size > 1000
+        assert (work / f"data/tables/{dataset}/samples.png").stat().st_size > 1000
+    html = (work / "data/report/index.html").read_text()
+    assert "Fashion-MNIST" in html and "not produced by this run" in html
+    assert "http://" not in html and "https://" not in html
+    assert html.count('<img src="data:image/png;base64,') >= 1 + len(params["mnist"]["models"])
 
     second = _run(["dvc", "repro"], work, env)
     assert _stages_run(second) == set(), second
@@ -104,6 +101,7 @@ def test_dvc_repro_whole_dag(tmp_path, real_data_dir):
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     third = _run(["dvc", "repro"], work, env)
     quality = {f"ct_quality@{m}" for m in ct_models} | {"ct_quality_real", "ct_quality_report"}
+    quality.add("report")  # the run report shows the quality table and grids
     assert _stages_run(third) == quality, third
 
     # The window invalidates `slices` alone (the CT stages follow through their data, not their
@@ -126,8 +124,7 @@ def test_dvc_repro_whole_dag(tmp_path, real_data_dir):
     )
     assert proc.returncode == 0, proc.stderr
     stale = set(json.loads(proc.stdout))
-    expected = {"mnist@fashion_mnist", "classifier@fashion_mnist", "report@fashion_mnist"}
-    expected |= {
-        f"{kind}@fashion_mnist-{m}" for kind in ("train", "evaluate") for m in params["models"]
-    }
+    expected = {"mnist@fashion_mnist", "classifier@fashion_mnist", "tables@fashion_mnist"}
+    compared = params["mnist"]["models"]
+    expected |= {f"{kind}@fashion_mnist-{m}" for kind in ("train", "evaluate") for m in compared}
     assert expected <= stale and not any("@mnist" in stage for stage in stale), stale

@@ -14,9 +14,11 @@ from models.base import (
     reparameterize,
 )
 from models.blocks import Critic, stage_widths
-from models.registry import UnknownModelError, available, build_model
+from models.registry import UnknownModelError, available, build_model, lookup
 from models.vae_gan import feature_llike
 from models.wgan_gp import gradient_penalty
+
+from .tiny_configs import tiny_config
 
 TINY = {"latent_dim": 8, "width": 8, "max_width": 16}
 GEOMETRIES = [(1, 16), (2, 32)]
@@ -24,7 +26,7 @@ GEOMETRIES = [(1, 16), (2, 32)]
 
 def _build(name: str, channels: int, size: int, **over):
     torch.manual_seed(0)
-    return build_model(name, {**TINY, **over}, channels, size)
+    return build_model(name, tiny_config(name, TINY, **over), channels, size)
 
 
 def _batch(channels: int, size: int, n: int = 4) -> torch.Tensor:
@@ -33,21 +35,40 @@ def _batch(channels: int, size: int, n: int = 4) -> torch.Tensor:
 
 
 def test_registry_lists_all_models():
-    assert available() == ["beta_vae", "gvae", "vae", "vae_gan", "wgan_gp"]
+    assert available() == [
+        "aae",
+        "ae",
+        "ali",
+        "alpha_gan",
+        "beta_tcvae",
+        "beta_vae",
+        "constrained_vae_gan",
+        "ddpm",
+        "gan",
+        "gan_drift_reg",
+        "gvae",
+        "vae",
+        "vae_gan",
+        "wgan",
+        "wgan_gp",
+    ]
 
 
 @pytest.mark.parametrize("name", available())
 @pytest.mark.parametrize("channels,size", GEOMETRIES)
 def test_build_sample_decode(name, channels, size):
     model = _build(name, channels, size)
-    assert (model.name, model.channels, model.size, model.latent_dim) == (name, channels, size, 8)
+    # A diffusion model's latent is its initial noise x_T: one value per pixel and channel.
+    latent = 8 if "latent_dim" in type(model.config).model_fields else channels * size * size
+    assert (model.name, model.channels, model.size) == (name, channels, size)
+    assert model.latent_dim == latent
     out = model.sample(5, generator=torch.Generator().manual_seed(0))
     assert out.shape == (5, channels, size, size)
     assert out.min() >= -1 and out.max() <= 1
     assert model.training, "sample() must restore train mode"
     again = model.sample(5, generator=torch.Generator().manual_seed(0))
     assert torch.equal(out, again), "sampling with a seeded generator must be deterministic"
-    assert model.decode(torch.zeros(3, 8)).shape == (3, channels, size, size)
+    assert model.decode(torch.zeros(3, latent)).shape == (3, channels, size, size)
 
 
 @pytest.mark.parametrize("name", available())
@@ -75,9 +96,7 @@ def test_losses_finite_and_critic(name, channels, size):
             model.critic_loss(x)
 
 
-@pytest.mark.parametrize(
-    "name", [n for n in available() if build_model(n, TINY, 1, 16).has_encoder]
-)
+@pytest.mark.parametrize("name", [n for n in available() if lookup(n)[0].has_encoder])
 @pytest.mark.parametrize("channels,size", GEOMETRIES)
 def test_vae_contract(name, channels, size):
     model = _build(name, channels, size)
@@ -87,7 +106,8 @@ def test_vae_contract(name, channels, size):
     out = model(x)
     assert isinstance(out, VAEOutput)
     assert out.recon.shape == x.shape and out.z.shape == (4, 8)
-    assert not torch.equal(out.z, out.mu), "train mode samples z"
+    # Train mode samples z, except where the encoder is deterministic (the plain autoencoder).
+    assert torch.equal(out.z, out.mu) == model.deterministic_encoder
     model.eval()
     out = model(x)
     assert torch.equal(out.z, out.mu)

@@ -13,12 +13,14 @@ from models.grid import save_grid
 from models.registry import available, build_model
 from models.trainer import BatchSampler, load_checkpoint, train
 
+from .tiny_configs import tiny_config
+
 TINY = {"latent_dim": 8, "width": 4, "max_width": 8}
 
 
 def _model(name: str, channels: int = 1, size: int = 16, seed: int = 0, **over):
     torch.manual_seed(seed)
-    return build_model(name, {**TINY, **over}, channels, size)
+    return build_model(name, tiny_config(name, TINY, **over), channels, size)
 
 
 def _data(channels: int = 1, size: int = 16, n: int = 24) -> torch.Tensor:

@@ -47,7 +47,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.cli import StageError
-from pipeline.config import IngestParams, load_section
+from pipeline.config import IngestParams, load_section, with_overrides
 from pipeline.io.atomic import atomic_dir, ensure_writable_dir, write_json
 from pipeline.io.dicom_read import SeriesMeta, list_files, read_series
 from pipeline.io.label_dicom import ct_grid, dicom_labels_in, read_dicom_label
@@ -392,21 +392,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     """Run the stage from parsed CLI arguments; return the exit code."""
     params: IngestParams = load_section(args.params, "ingest")
-    overrides = {
-        key: value
-        for key, value in {
+    params = with_overrides(
+        params,
+        {
             "source": args.source,
             "images": args.images,
             "labels": args.labels,
             "workers": args.workers,
             "strict": args.strict,
-        }.items()
-        if value is not None
-    }
-    try:
-        params = IngestParams.model_validate({**params.model_dump(), **overrides})
-    except ValueError as exc:
-        raise StageError(f"invalid option: {exc}") from None
+        },
+    )
     rows = run(params, params.images, params.labels, args.out)
     failed = [r["case_id"] for r in rows if r["status"] != "ok"]
     print(

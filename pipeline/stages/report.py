@@ -1,131 +1,84 @@
-"""``gvae report``: one comparison table (markdown + CSV) and one sample figure per dataset.
+"""``gvae report``: the whole run as one self-contained HTML file.
 
-Every model is a row, measured in one run by the same ``evaluate`` code, with the real-vs-real
-reference on top. The paper's own Table 4 (MNIST) / Table 6 (Fashion-MNIST) values sit in
-separate ``paper_*`` columns, never mixed with ours; where a value is not known it is left empty.
+Reads the outputs of ``tables``, ``train``, ``ct-quality``, ``ct-quality-report`` and
+``segment`` (each folder an option, defaulting to where ``dvc.yaml`` puts it) and writes one
+HTML file with every table, sample grid and plot inlined (base64 data URIs, inline CSS, no
+external URL), the memorization summary, and provenance: git commit and dirtiness, the SHA-256
+of the params file, and the md5 of each stage output recorded in ``dvc.lock``. Sections whose
+inputs are absent say "not produced by this run". Core: ``pipeline.report``.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import json
-import math
 from pathlib import Path
 
-import numpy as np
-
-from pipeline.io.atomic import atomic_dir
-
-# (key in metrics.json, column header, format)
-COLUMNS = [
-    ("mmd_x1e4", "MMD x1e-4 (lower)", "{:.2f}"),
-    ("ms_ssim", "MS-SSIM gen pairs", "{:.3f}"),
-    ("log_likelihood", "log-lik IWAE (nats)", "{:.1f}"),
-    ("recon_mse", "recon MSE", "{:.4f}"),
-    ("elbo", "ELBO (nats)", "{:.1f}"),
-    ("kl", "KL (nats)", "{:.1f}"),
-    ("class_entropy", "class entropy (log10=2.303)", "{:.3f}"),
-    ("image_entropy", "image entropy (lower)", "{:.3f}"),
-    ("fid", "FID classifier (lower)", "{:.2f}"),
-    ("precision", "precision", "{:.3f}"),
-    ("recall", "recall", "{:.3f}"),
-]
-PAPER_COLUMNS = [
-    "paper_mmd_x1e4",
-    "paper_ssim",
-    "paper_log_likelihood",
-    "paper_recon",
-    "paper_elbo",
-    "paper_kl",
-]
-
-
-def _fmt(value, fmt: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    return fmt.format(value)
-
-
-def build_table(rows: list[dict], paper: dict[str, dict]) -> tuple[str, str]:
-    """Return (markdown, csv) text for ``rows`` (metrics dicts) with paper reference columns."""
-    header = ["model"] + [c[1] for c in COLUMNS] + PAPER_COLUMNS
-    body = []
-    for row in rows:
-        ref = paper.get(row["model"], {})
-        body.append(
-            [row["model"]]
-            + [_fmt(row.get(k), f) for k, _, f in COLUMNS]
-            + [_fmt(ref.get(k[len("paper_") :]), "{}") for k in PAPER_COLUMNS]
-        )
-    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    md += ["| " + " | ".join(cells) + " |" for cells in body]
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(header)
-    writer.writerows(body)
-    return "\n".join(md) + "\n", buf.getvalue()
-
-
-def sample_figure(panels: list[tuple[str, np.ndarray]], path: Path, per_model: int = 36) -> None:
-    """Save one PNG with a grid of samples per model, side by side, titled by model name."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from models.grid import tile
-
-    side = int(math.sqrt(per_model))
-    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 2.9), squeeze=False)
-    for ax, (name, images) in zip(axes[0], panels, strict=True):
-        ax.imshow(tile(images[: side * side], nrow=side), cmap="gray", vmin=0, vmax=255)
-        ax.set_title(name, fontsize=10)
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+from pipeline.io.atomic import atomic_path
+from pipeline.report.collect import Inputs, build_context
+from pipeline.report.provenance import provenance
+from pipeline.report.render import render_html
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the stage's options."""
-    parser.add_argument("--dataset", required=True)
-    parser.add_argument("--evals", required=True, type=Path, help="folder of <model>/metrics.json")
-    parser.add_argument("--samples", required=True, type=Path, help="folder of <model>/samples.npz")
-    parser.add_argument("--models", nargs="+", help="row order (default: params `models` keys)")
-    parser.add_argument("--out", required=True, type=Path)
+    folders = (
+        ("--tables", "data/tables", "folder of <dataset>/table.md, table.csv, samples.png"),
+        ("--train-runs", "data/models", "folder of <dataset>/<model>/samples/step-*.png"),
+        ("--ct-quality", "data/ct/quality", "folder of <set>/grid.png, memorization.json"),
+        ("--ct-quality-report", "data/ct/quality_report", "folder of table.md, table.csv"),
+        ("--segment", "data/ct/segment", "folder of table.md, results.csv, dice_vs_size.png"),
+    )
+    for flag, default, help_ in folders:
+        parser.add_argument(flag, type=Path, default=Path(default), help=f"{help_} (%(default)s)")
+    parser.add_argument(
+        "--lock", type=Path, default=Path("dvc.lock"), help="DVC lock file (%(default)s)"
+    )
+    parser.add_argument(
+        "--repo", type=Path, default=Path("."), help="git checkout of the code (%(default)s)"
+    )
+    parser.add_argument("--out", required=True, type=Path, help="the HTML file to write")
 
 
-def run(dataset: str, evals: Path, samples: Path, models: list[str], out_dir: Path) -> str:
-    """Write ``table.md``, ``table.csv`` and ``samples.png`` to ``out_dir``; return the table."""
-    from pipeline.paper_reference import PAPER_TABLES
+def run(params: Path, inputs: Inputs, lock: Path, repo: Path, out: Path, shape: dict) -> str:
+    """Build the report from the ``inputs`` folders, write it atomically to ``out``; return it.
 
-    rows, panels = [], []
-    ref = evals / "real" / "metrics.json"
-    if ref.is_file():
-        rows.append(json.loads(ref.read_text()))
-    for name in models:
-        path = evals / name / "metrics.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: missing; run `gvae evaluate` for {name}")
-        metrics = json.loads(path.read_text())
-        metrics["model"] = name
-        rows.append(metrics)
-        panels.append((name, np.load(samples / name / "samples.npz")["images"]))
-    md, csv_text = build_table(rows, PAPER_TABLES.get(dataset, {}))
-    title = f"# {dataset}: generative models, one run\n\n"
-    with atomic_dir(out_dir) as tmp:
-        (tmp / "table.md").write_text(title + md)
-        (tmp / "table.csv").write_text(csv_text)
-        sample_figure(panels, tmp / "samples.png")
-    return md
+    ``shape``: ``profile``, ``datasets``, ``models`` and ``ct_models`` of the params.
+    """
+    prov = provenance(params, lock, repo, out, shape)
+    context = build_context(inputs, shape["datasets"], shape["models"], shape["ct_models"], prov)
+    html = render_html(context)
+    with atomic_path(out) as tmp:
+        tmp.write_text(html, encoding="utf-8")
+    return html
+
+
+def run_shape(params: Path) -> dict:
+    """Return what ``params`` says the run covers: profile, sanity datasets, models, CT models."""
+    from pipeline.config import load_params_models, load_section, read_yaml
+
+    return {
+        "profile": read_yaml(params).get("profile", "cpu"),
+        "datasets": list(load_section(params, "mnist").datasets),
+        "models": load_params_models(params),
+        "ct_models": list(load_section(params, "ct").models),
+    }
 
 
 def main(args: argparse.Namespace) -> int:
-    """CLI entry: write the report and print the table."""
-    from pipeline.config import load_params_models
+    """CLI entry: write the report and print its path and size."""
+    from pipeline.cli import StageError
 
-    models = args.models or load_params_models(Path(args.params))
-    print(run(args.dataset, args.evals, args.samples, models, args.out))
+    params = Path(args.params)
+    inputs = Inputs(
+        tables=args.tables,
+        train_runs=args.train_runs,
+        ct_quality=args.ct_quality,
+        ct_quality_report=args.ct_quality_report,
+        segment=args.segment,
+    )
+    try:
+        html = run(params, inputs, args.lock, args.repo, args.out, run_shape(params))
+    except ValueError as exc:  # an input that exists but cannot be read; names the file
+        raise StageError(str(exc)) from None
+    print(f"{args.out}: {len(html.encode('utf-8')) / 1e6:.2f} MB")
     return 0

@@ -11,6 +11,10 @@ the patient subset of a low-data regime (``--fraction``): the subset is
 experiment uses, so a generator never sees a patient its segmentation network may not see.
 The run folder's ``data.json`` records the slices' geometry (size, pixel spacing, window) and
 the patients used, which ``generate`` carries into its output and checks against.
+
+Launched by ``torchrun`` (``WORLD_SIZE`` > 1) the stage opens the process group and trains
+data-parallel (:mod:`models.distributed`): every rank loads the data and builds the model, rank
+0 alone writes the run folder and prints, and ``train.batch_size`` is the global batch.
 """
 
 from __future__ import annotations
@@ -112,6 +116,7 @@ def run(
     """
     import torch
 
+    from models import distributed
     from models.registry import build_model
     from models.trainer import ResumeError, train
 
@@ -129,7 +134,9 @@ def run(
     # The trainer seeds everything after construction; initial weights are seeded here.
     torch.manual_seed(train_cfg.seed)
     model = build_model(model_name, model_cfg, channels=images.shape[1], size=images.shape[-1])
-    if is_ct:
+    ctx = distributed.current()  # None in one process
+    main = ctx is None or ctx.rank == 0
+    if is_ct and main:
         write_json(out_dir / DATA_JSON, _data_record(data_dir, cases, fraction, len(images)))
     try:
         summary = train(model, images, train_cfg, out_dir, resume=resume, progress=progress)
@@ -138,9 +145,11 @@ def run(
     summary = {"model": model_name, "dataset": dataset, "n_train": len(images), **summary}
     if is_ct:
         summary["cases"] = cases
-    if summary.get("steps_run") or not (out_dir / "summary.json").exists():
+    if main and (summary.get("steps_run") or not (out_dir / "summary.json").exists()):
         # A resume with nothing left to run keeps the figures of the run that did the work.
         write_json(out_dir / "summary.json", summary)
+    if ctx is not None:
+        ctx.barrier()  # the run folder is complete when any rank returns
     return summary
 
 
@@ -155,13 +164,23 @@ def _drop_stale_fractions(out: Path, fractions: list[float]) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """CLI entry: train (once, or once per fraction) and print a summary line per run."""
+    """CLI entry: train (once, or once per fraction) and print a summary line per run.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) all of it runs inside one process group.
+    """
+    from models.distributed import process_group
+
     if args.each_fraction and args.fraction is not None:
         raise StageError("give --fraction F or --each-fraction, not both")
+    with process_group() as ctx:
+        return _train_runs(args, main=ctx is None or ctx.rank == 0)
+
+
+def _train_runs(args: argparse.Namespace, main: bool) -> int:
     if args.each_fraction:
         fractions = load_section(args.params, "segment").fractions
         runs = [(f, args.out / fraction_dirname(f)) for f in fractions]
-        if args.resume_if_compatible:
+        if args.resume_if_compatible and main:
             _drop_stale_fractions(args.out, fractions)
     else:
         runs = [(args.fraction, args.out)]
@@ -176,6 +195,8 @@ def main(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             fraction=fraction,
         )
+        if not main:
+            continue
         rate = summary.get("img_per_s")
         speed = (
             f", {rate:.1f} img/s, {summary['seconds']:.0f} s" if rate else " (nothing left to run)"

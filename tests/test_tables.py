@@ -7,7 +7,7 @@ import json
 import numpy as np
 
 from models.grid import tile
-from pipeline.stages.report import PAPER_COLUMNS, build_table, run
+from pipeline.stages.tables import PAPER_COLUMNS, build_table, run
 
 
 def _metrics(model: str, mmd: float) -> dict:

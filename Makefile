@@ -1,0 +1,47 @@
+# Two commands set up a fresh machine (Python >= 3.10):
+#   make repro   install into .venv, then `dvc repro` on the embedded default
+#   make test    install into .venv (+ the Debian tools the tests use), then lint and run the tests
+# Both are idempotent: a second run reinstalls nothing unless pyproject.toml changed.
+#
+# torch: with no torch in .venv, $(TORCH) is installed (the CPU build by default). GPU users keep
+# their CUDA build either way:
+#   make repro TORCH="torch --index-url https://download.pytorch.org/whl/cu126"
+# or install it first (python3 -m venv .venv && .venv/bin/pip install <your torch>), which make
+# then leaves alone; or reuse a system-wide torch with VENV_ARGS=--system-site-packages.
+
+PYTHON ?= python3
+VENV ?= .venv
+VENV_ARGS ?=
+TORCH ?= torch==2.13.0
+PYTEST_ARGS ?= -n 2 -rs
+
+BIN := $(abspath $(VENV))/bin
+RUN := PATH="$(BIN):$$PATH"
+STAMP := $(VENV)/.installed
+
+.PHONY: install system plots-template repro test
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x "$(BIN)/python" || $(PYTHON) -m venv $(VENV_ARGS) "$(VENV)"
+	"$(BIN)/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
+	@"$(BIN)/python" -c "import torch" 2>/dev/null \
+	  || "$(BIN)/python" -m pip install --quiet --disable-pip-version-check $(TORCH)
+	"$(BIN)/python" -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	@touch "$@"
+
+# Debian packages the tests need (validator, dcmtk, Orthanc, Chromium, npm); only what is missing.
+system:
+	@bash .ci/system-deps
+
+# The offline page for `dvc plots show` (vega, vega-lite, vega-embed inlined; npm the first time).
+plots-template: install
+	$(RUN) gvae plots-template
+
+repro: install
+	$(RUN) dvc repro
+
+test: install system
+	$(RUN) ruff check pipeline models tests benchmarks
+	$(RUN) python -m pytest $(PYTEST_ARGS)

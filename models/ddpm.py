@@ -1,0 +1,102 @@
+"""DDPM: Ho et al. 2020, "Denoising Diffusion Probabilistic Models", sampled with DDIM (Song et
+al. 2021, "Denoising Diffusion Implicit Models"): the diffusion reference of the registry.
+
+Training minimises L_simple (Ho et al., eq. 14): E_{t, x_0, eps} ||eps - eps_theta(x_t, t)||^2
+with x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps (eq. 4), t ~ U{0..T-1}, eps ~ N(0, I).
+Sampling runs deterministic DDIM (Song et al., eq. 12 with sigma_t = 0, i.e. eta = 0) over
+``ddim_steps`` of the T training steps, one network call each. Deterministic DDIM makes x_T the
+sample's latent: the model's ``latent_dim`` is C * H * W, ``decode(z)`` reshapes z into x_T and
+denoises it, so the base class's ``sample`` (z ~ N(0, I), then ``decode``) and the trainer's
+fixed-noise sample grids work unchanged, and a seeded generator gives the same images.
+
+The network is MONAI's ``DiffusionModelUNet`` and the schedule, forward noising and DDIM step
+are MONAI's ``DDIMScheduler`` (its ``add_noise`` is the forward process q(x_t | x_0) the DDPM
+scheduler also uses). There is no encoder (``has_encoder`` False, as for WGAN-GP), so
+evaluation skips the encoder metrics, and no critic. MONAI is imported when a model is built,
+not when this module is: the registry imports every model module, and importing ``monai``
+costs seconds per process (see :mod:`models.blocks`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from models.base import GenerativeModel
+from models.config import DDPMConfig
+from models.registry import register
+
+
+def noise_prediction_loss(predicted: Tensor, noise: Tensor) -> Tensor:
+    """L_simple of Ho et al. 2020, eq. 14: mean squared error of the predicted noise, fp32.
+
+    (B, C, H, W) x2 -> scalar, averaged over every element (the constant factor of the sum
+    over pixels does not change the minimiser).
+    """
+    if predicted.shape != noise.shape:
+        raise ValueError(f"predicted {tuple(predicted.shape)} and noise {tuple(noise.shape)}")
+    return F.mse_loss(predicted.float(), noise.float())
+
+
+@register("ddpm", DDPMConfig)
+class DDPM(GenerativeModel):
+    """eps_theta(x_t, t) as MONAI's DiffusionModelUNet; see the module docstring."""
+
+    name = "ddpm"
+
+    def __init__(self, config: DDPMConfig, channels: int, size: int) -> None:
+        super().__init__(config, channels, size)
+        from monai.networks.nets import DiffusionModelUNet
+        from monai.networks.schedulers import DDIMScheduler
+
+        c = config
+        downsamples = len(c.channels) - 1
+        if size % 2**downsamples or size // 2**downsamples < 2:
+            raise ValueError(
+                f"size {size} does not allow {downsamples} halvings of channels {c.channels}"
+            )
+        self.latent_dim = channels * size * size  # z is x_T, flattened
+        self.unet = DiffusionModelUNet(
+            spatial_dims=2,
+            in_channels=channels,
+            out_channels=channels,
+            num_res_blocks=c.num_res_blocks,
+            channels=c.channels,
+            attention_levels=c.attention_levels,
+            norm_num_groups=c.norm_num_groups,
+            num_head_channels=c.num_head_channels,
+        )
+        # clip_sample: each step's predicted x_0 is clipped to the data range [-1, 1].
+        self.scheduler = DDIMScheduler(
+            num_train_timesteps=c.num_train_timesteps,
+            schedule=c.schedule,
+            clip_sample=True,
+            beta_start=c.beta_start,
+            beta_end=c.beta_end,
+        )
+
+    def losses(self, x: Tensor) -> dict[str, Tensor]:
+        """{"mse", "total"}: L_simple for one uniform timestep and noise draw per image."""
+        t = torch.randint(0, self.config.num_train_timesteps, (x.shape[0],), device=x.device)
+        noise = torch.randn_like(x)
+        x_t = self.scheduler.add_noise(x, noise, t)  # q(x_t | x_0), Ho et al. eq. 4
+        mse = noise_prediction_loss(self.unet(x_t, timesteps=t), noise)
+        return {"mse": mse, "total": mse}
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Deterministic DDIM from x_T = z: (B, C * H * W) -> (B, C, H, W) in [-1, 1].
+
+        ``ddim_steps`` network calls on evenly spaced timesteps from T - 1 down to 0.
+        """
+        if z.ndim != 2 or z.shape[1] != self.latent_dim:
+            raise ValueError(
+                f"ddpm decodes x_T flattened to (B, {self.latent_dim}), got {tuple(z.shape)}"
+            )
+        x = z.reshape(z.shape[0], self.channels, self.size, self.size)  # (B, C*H*W) -> (B, C, H, W)
+        self.scheduler.set_timesteps(self.config.ddim_steps)
+        for t in self.scheduler.timesteps.tolist():
+            steps = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+            eps = self.unet(x, timesteps=steps)
+            x, _ = self.scheduler.step(eps, t, x)  # eta = 0: Song et al. eq. 12, sigma_t = 0
+        return x.clamp(-1.0, 1.0)

@@ -1,0 +1,15 @@
+"""Prefect flows and deployments: they call DVC and the stage code, never re-implement stages.
+
+- ``dag.dvc_dag``: the DVC DAG stage by stage (``dvc repro --single-item``), one task each.
+- ``export.clinician_export``: one clinician request, N synthetic slices of a model to a folder
+  and optionally a PACS, through ``gvae export``'s own code.
+- ``deploy``: the scheduled nightly deployment and the on-request export deployment
+  (``gvae serve``).
+"""
+
+from __future__ import annotations
+
+import sys
+
+# The DVC of this interpreter (`python -m dvc`), not whichever `dvc` comes first on PATH.
+DVC = (sys.executable, "-m", "dvc")

@@ -1,0 +1,60 @@
+"""``gvae serve``: run the DVC DAG on the ``flows`` schedule and clinician exports on request.
+
+Registers two Prefect deployments with the Prefect server of ``PREFECT_API_URL`` (start one
+with ``prefect server start``) and executes their flow runs in this process until Ctrl-C:
+``dvc-dag/<flows.deployment>`` on ``flows.cron`` in ``flows.timezone``, and
+``clinician-export/<flows.export.deployment>``, run with ``prefect deployment run``.
+``--register-only`` registers them and returns (runs then wait for a ``gvae serve``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pipeline.cli import StageError
+from pipeline.config import load_section
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the stage's options."""
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=Path("."),
+        metavar="DIR",
+        help="repository root the flows run in (default: the current directory)",
+    )
+    parser.add_argument(
+        "--register-only",
+        action="store_true",
+        help="register (update) the deployments and return instead of serving them",
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    """CLI entry: check the params and the API address, then register or serve."""
+    settings = load_section(args.params, "flows")  # a bad cron fails before Prefect starts
+    if not (args.root / "dvc.yaml").is_file():
+        raise StageError(f"{args.root}: no dvc.yaml; --root must be the repository root")
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        # Without a server nothing creates the scheduled runs: Prefect's ephemeral API has no
+        # scheduler, so `serve` would wait forever.
+        raise StageError(
+            "PREFECT_API_URL is not set: start a server (`prefect server start`) and "
+            "`prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api`"
+        )
+    from pipeline.flows import deploy
+
+    if args.register_only:
+        for name, ident in deploy.register(args.root, args.params).items():
+            print(f"gvae serve: registered {name} ({ident})")
+        return 0
+    print(
+        f"gvae serve: dvc-dag/{settings.deployment} at '{settings.cron}' ({settings.timezone}), "
+        f"clinician-export/{settings.export.deployment} on request; Ctrl-C stops"
+    )
+    deploy.serve(args.root, args.params)
+    return 0

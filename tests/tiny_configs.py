@@ -1,0 +1,28 @@
+"""Tiny model configs for CPU tests of the whole registry.
+
+Models configured by ``NetConfig`` share one tiny dict (each test file picks its own); a model
+whose config has no ``latent_dim`` field (the diffusion model: its latent is the initial noise)
+gets ``DIFFUSION_TINY``: two UNet levels of 8 channels, 8 training timesteps, 3 DDIM steps.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from models.registry import lookup
+
+DIFFUSION_TINY = {
+    "channels": [8, 8],
+    "attention_levels": [False, False],
+    "norm_num_groups": 4,
+    "num_head_channels": 4,
+    "num_train_timesteps": 8,
+    "ddim_steps": 3,
+}
+
+
+def tiny_config(name: str, net_tiny: dict[str, Any], **over: Any) -> dict[str, Any]:
+    """``net_tiny`` (or ``DIFFUSION_TINY``, see the module docstring) with ``over`` applied."""
+    _, config_cls = lookup(name)
+    base = net_tiny if "latent_dim" in config_cls.model_fields else DIFFUSION_TINY
+    return {**base, **over}
