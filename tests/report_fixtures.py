@@ -105,7 +105,7 @@ def make_run_tree(root: Path, datasets: tuple[str, ...] = ("mnist",)) -> dict[st
 
     data = root / "data"
     params = {
-        "mnist": {"datasets": list(datasets)},
+        "mnist": {"datasets": list(datasets), "models": list(SANITY_MODELS)},
         "ct": {"models": CT_MODELS},
         "models": {m: {} for m in SANITY_MODELS},
     }

@@ -156,7 +156,9 @@ def test_provenance_names_commit_params_hash_and_lock_checksums(tmp_path, monkey
 
 def test_missing_inputs_are_listed_as_not_produced(tmp_path, monkeypatch):
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
-    (tmp_path / "params.yaml").write_text("mnist: {datasets: [mnist, fashion_mnist]}\n")
+    (tmp_path / "params.yaml").write_text(
+        "mnist: {datasets: [mnist, fashion_mnist], models: [vae]}\nmodels: {vae: {}}\n"
+    )
     out = tmp_path / "out" / "index.html"
     args = ["report", "--params", str(tmp_path / "params.yaml"), "--out", str(out)]
     for flag in ("--tables", "--train-runs", "--ct-quality", "--ct-quality-report", "--segment"):
