@@ -58,6 +58,32 @@ class ClassifierParams(Frozen):
         return v
 
 
+class TraversalParams(Frozen):
+    """Latent traversal grids of the ``sample`` stage (Higgins et al. 2017; Chen et al. 2018).
+
+    Models with an encoder only (see ``models/traversal.py``): the ``dims`` latent dimensions
+    with the largest mean KL(q(z_d|x) || N(0, 1)) over ``kl_images`` random test images, one
+    row each, swept over ``steps`` values evenly spaced on ``range`` (in prior standard
+    deviations) while the other dimensions stay at the anchor code: the posterior mean of test
+    image ``anchor_image``, or 0.
+    """
+
+    enabled: bool = False
+    dims: int = Field(8, ge=1, description="rows: the latent dims with the largest test KL")
+    steps: int = Field(9, ge=2, description="columns: values per dimension")
+    range: tuple[float, float] = (-3.0, 3.0)
+    anchor: Literal["test_image", "zero"] = "test_image"
+    anchor_image: int = Field(0, ge=0, description="index in the test split of the anchor")
+    kl_images: int = Field(500, ge=1, description="random test images the KL ranking uses")
+
+    @field_validator("range")
+    @classmethod
+    def _increasing(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not v[0] < v[1]:
+            raise ValueError(f"range must be [low, high] with low < high, got {list(v)}")
+        return v
+
+
 class EvaluateParams(Frozen):
     """Sample sizes and settings of the paper's metrics (see ``models/metrics.py``)."""
 
@@ -71,3 +97,4 @@ class EvaluateParams(Frozen):
     )
     batch_size: int = Field(256, ge=1, description="images per forward pass in every metric")
     seed: int = 0
+    traversal: TraversalParams = TraversalParams()

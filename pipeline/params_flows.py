@@ -17,6 +17,12 @@ from pipeline.params_base import Frozen
 
 # Prefect deployment names end up in `prefect deployment run FLOW/NAME`: keep them shell-safe.
 DEPLOYMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# A Dask scheduler address: [protocol://]host[:port], e.g. tcp://10.0.0.5:8786 or tls://[::1]:8786.
+DASK_ADDRESS = re.compile(
+    r"^(?:[a-z][a-z0-9+.-]*://)?"  # protocol: tcp, tls, ucx, ...
+    r"(?:\[[0-9A-Fa-f:.]+\]|[^\s/:\[\]]+)"  # host name, IPv4 or [IPv6]
+    r"(?::\d{1,5})?$"  # port
+)
 
 
 class ClinicianExportParams(Frozen):
@@ -48,6 +54,32 @@ class ClinicianExportParams(Frozen):
         return v
 
 
+class DaskParams(Frozen):
+    """Where the ``cohort_dask`` flow (``pipeline.flows.cohort``) runs its per-case tasks.
+
+    ``address`` null: a Dask LocalCluster of ``n_workers`` processes on this machine's loopback
+    interface, started and stopped with the flow run. Otherwise the address of a running Dask
+    scheduler (``tcp://scheduler.example:8786``, as ``dask scheduler`` prints it), whose workers
+    must see the cohort and output folders at the same paths; ``n_workers`` and
+    ``threads_per_worker`` then do not apply (the cluster has its own).
+    """
+
+    address: str | None = None
+    n_workers: int = Field(2, ge=1)
+    # One thread per worker process: a case is CPU-bound, partly in pure Python (DICOM parsing),
+    # and every thread holds a whole case in memory.
+    threads_per_worker: int = Field(1, ge=1)
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str | None) -> str | None:
+        if v is not None and not DASK_ADDRESS.match(v):
+            raise ValueError(
+                f"not a Dask scheduler address (e.g. tcp://scheduler.example:8786): {v!r}"
+            )
+        return v
+
+
 def _deployment_name(v: str) -> str:
     if not DEPLOYMENT_NAME.match(v):
         raise ValueError(f"deployment name must be 1-64 letters, digits, '_', '.', '-', got {v!r}")
@@ -74,6 +106,7 @@ class FlowsParams(Frozen):
     )
     report: str = "data/report/index.html"
     export: ClinicianExportParams = ClinicianExportParams()
+    dask: DaskParams = DaskParams()  # the cohort_dask flow: ingest + slicing mapped over cases
 
     @field_validator("cron")
     @classmethod

@@ -3,6 +3,8 @@
 - ``dag.dvc_dag``: the DVC DAG stage by stage (``dvc repro --single-item``), one task each.
 - ``export.clinician_export``: one clinician request, N synthetic slices of a model to a folder
   and optionally a PACS, through ``gvae export``'s own code.
+- ``cohort.cohort_dask``: ``gvae ingest`` + ``gvae slices`` with one task per case on a Dask
+  cluster (``prefect-dask``; params ``flows.dask``), same per-case code, same outputs.
 - ``deploy``: the scheduled nightly deployment and the on-request export deployment
   (``gvae serve``).
 """

@@ -316,28 +316,49 @@ def find_cases(images: Path) -> list[Path]:
     return cases
 
 
+def case_jobs(
+    params: IngestParams, images: str | Path, labels: str | Path, out_dir: str | Path
+) -> tuple[Callable[[Any], dict], list[tuple[str, tuple]]]:
+    """Return ``(worker, [(case_id, job), ...])`` in case order: ``worker(job)`` ingests one
+    case into ``out_dir`` and returns its manifest row, never raising for bad input. Both are
+    picklable, so any executor runs them (``run_jobs``'s processes, ``pipeline.flows.cohort``).
+
+    Raises ``StageError`` naming ``images`` when it holds no case and ``PermissionError``
+    naming ``out_dir`` when it is not writable. ``params.source == "decathlon"`` reads the
+    cohort with ``ingest_decathlon.decathlon_jobs``.
+    """
+    if params.source == "decathlon":
+        from pipeline.stages.ingest_decathlon import decathlon_jobs  # it imports this module
+
+        return decathlon_jobs(params, images, labels, out_dir)
+    images, labels, out_dir = Path(images), Path(labels), Path(out_dir)
+    cases = find_cases(images)
+    ensure_writable_dir(out_dir)
+    return _ingest_case_args, [(case.name, (case, labels, out_dir, params)) for case in cases]
+
+
 def run(params: IngestParams, images: str | Path, labels: str | Path, out_dir: str | Path) -> list:
     """Ingest every case under ``images``; write volumes and ``manifest.json`` to ``out_dir``.
 
     Returns the manifest rows, sorted by case id. Bad cases are rows with status "error" and are
     reported on stderr, as are HU warnings (errors with ``params.strict``); a
-    ``PermissionError`` naming ``out_dir`` is raised if it is not writable. With
-    ``params.source == "decathlon"`` the cohort is read by ``ingest_decathlon.run_decathlon``.
+    ``PermissionError`` naming ``out_dir`` is raised if it is not writable. The cases and the
+    per-case worker come from ``case_jobs`` (TCIA or Decathlon by ``params.source``).
     """
-    if params.source == "decathlon":
-        from pipeline.stages.ingest_decathlon import run_decathlon  # it imports this module
+    worker, jobs = case_jobs(params, images, labels, out_dir)
+    return run_jobs(worker, [job for _, job in jobs], params.workers, Path(out_dir))
 
-        return run_decathlon(params, images, labels, out_dir)
-    images, labels, out_dir = Path(images), Path(labels), Path(out_dir)
-    cases = find_cases(images)
-    ensure_writable_dir(out_dir)
-    jobs = [(case, labels, out_dir, params) for case in cases]
-    return run_jobs(_ingest_case_args, jobs, params.workers, out_dir)
+
+def write_manifest(rows: list[dict], out_dir: Path) -> list[dict]:
+    """Write ``rows`` sorted by case id to ``out_dir/manifest.json``; return them sorted."""
+    rows = sorted(rows, key=lambda r: r["case_id"])
+    write_json(out_dir / MANIFEST, rows)
+    return rows
 
 
 def run_jobs(worker: Callable[[Any], dict], jobs: list, workers: int, out_dir: Path) -> list:
     """Return ``[worker(job) for job in jobs]`` sorted by case id, run in-process or in
-    ``workers`` processes, with a progress bar; the rows are written to ``out_dir/manifest.json``.
+    ``workers`` processes, with a progress bar; the rows are written by ``write_manifest``.
     """
     rows: list[dict] = []
     bar = tqdm(total=len(jobs), desc="ingest", unit="case", file=sys.stderr)
@@ -350,9 +371,7 @@ def run_jobs(worker: Callable[[Any], dict], jobs: list, workers: int, out_dir: P
                 futures = [pool.submit(worker, job) for job in jobs]
                 for future in as_completed(futures):
                     _collect(future.result(), rows, bar)
-    rows.sort(key=lambda r: r["case_id"])
-    write_json(out_dir / MANIFEST, rows)
-    return rows
+    return write_manifest(rows, out_dir)
 
 
 def _collect(row: dict, rows: list[dict], bar: tqdm) -> None:

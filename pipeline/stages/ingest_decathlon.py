@@ -12,7 +12,9 @@ naming the file and never stops the others.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -79,11 +81,11 @@ def _ingest_decathlon_args(args: tuple[DecathlonCase, Path, IngestParams]) -> di
     return ingest_decathlon_case(*args)
 
 
-def run_decathlon(
+def decathlon_jobs(
     params: IngestParams, images: str | Path, labels: str | Path, out_dir: str | Path
-) -> list:
-    """Ingest every image in ``images`` (imagesTr/) with its label in ``labels`` (labelsTr/);
-    write volumes and ``manifest.json`` to ``out_dir`` and return the rows by case id.
+) -> tuple[Callable[[Any], dict], list[tuple[str, tuple]]]:
+    """Return ``(worker, [(case_id, job), ...])`` for every image in ``images`` (imagesTr/) with its
+    label in ``labels`` (labelsTr/), as ``ingest.case_jobs`` does for TCIA.
 
     Raises ``StageError`` naming the folder when it is missing or holds no NIfTI image, and
     ``PermissionError`` naming ``out_dir`` when it is not writable.
@@ -94,5 +96,16 @@ def run_decathlon(
     except ValueError as exc:
         raise StageError(str(exc)) from None
     ensure_writable_dir(out_dir)
-    jobs = [(case, out_dir, params) for case in cases]
-    return run_jobs(_ingest_decathlon_args, jobs, params.workers, out_dir)
+    return _ingest_decathlon_args, [(case.case_id, (case, out_dir, params)) for case in cases]
+
+
+def run_decathlon(
+    params: IngestParams, images: str | Path, labels: str | Path, out_dir: str | Path
+) -> list:
+    """Ingest every image in ``images`` (imagesTr/) with its label in ``labels`` (labelsTr/);
+    write volumes and ``manifest.json`` to ``out_dir`` and return the rows by case id.
+
+    Errors as ``decathlon_jobs``.
+    """
+    worker, jobs = decathlon_jobs(params, images, labels, out_dir)
+    return run_jobs(worker, [job for _, job in jobs], params.workers, Path(out_dir))

@@ -17,6 +17,7 @@ import sys
 import zlib
 from collections import Counter
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -86,19 +87,37 @@ def read_case(case_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return arrays[0], arrays[1], affines[0]
 
 
-def run(params: SlicesParams, in_dir: str | os.PathLike, out_dir: str | os.PathLike) -> dict:
+# map_cases(fn, case_ids) -> [fn(cid) for cid in case_ids], in any executor (the Dask flow's).
+CaseMap = Callable[[Callable[[str], Any], list[str]], list[Any]]
+
+
+def run(
+    params: SlicesParams,
+    in_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    map_cases: CaseMap | None = None,
+) -> dict:
     """Slice the input folder into ``out_dir`` by ``params.source``; return a summary dict.
 
     ``volumes``: the ingest stage's folder (``manifest.json`` + NIfTI per case). ``pairs``: a
     folder of 2D ``images/`` + ``masks/`` (``pipeline.cohort.pairs``). Both go through the same
     ROI centre, resample + crop and window cores and the same shard writer.
+
+    ``map_cases`` (volumes only) slices the cases through that map instead of one by one as
+    they are written: ``pipeline.flows.cohort`` passes one that runs each case as a Dask task.
+    Every case's slices are then held in memory until the shards are written; the output is
+    the same either way (the slicing is per case and seeded by case id).
     """
     if params.source == "pairs":
+        if map_cases is not None:
+            raise ValueError("slices.source: pairs is sliced in one process (no map_cases)")
         return _run_pairs(params, Path(in_dir), Path(out_dir))
-    return _run_volumes(params, Path(in_dir), Path(out_dir))
+    return _run_volumes(params, Path(in_dir), Path(out_dir), map_cases)
 
 
-def _run_volumes(params: SlicesParams, volumes_dir: Path, out_dir: Path) -> dict:
+def _run_volumes(
+    params: SlicesParams, volumes_dir: Path, out_dir: Path, map_cases: CaseMap | None
+) -> dict:
     """Cases whose manifest status is not ``ok``, or whose files cannot be read, are skipped and
     listed under ``skipped`` (in the summary and in ``index.json``). The patient-level split is
     decided from the manifest's ok cases before any file is read, so it depends only on the
@@ -119,12 +138,48 @@ def _run_volumes(params: SlicesParams, volumes_dir: Path, out_dir: Path) -> dict
 
     offset, roi = _roi(params, splits["train"], offset_of, "body: centroid of HU > -500")
 
-    def slice_one(cid: str) -> CaseSlices:
-        hu, label, affine = read_case(volumes_dir / cid)
-        return slice_case(hu, label, affine, params, cid, offset_mm=offset)
-
+    slice_one = partial(slice_volume, volumes_dir, params, offset)
+    if map_cases is not None:
+        slice_one = _precomputed(map_cases, slice_one, [c for s in SPLITS for c in splits[s]])
     inputs = {"source": "volumes", "selection": "pancreas slices + negative_fraction of the rest"}
     return _write(params, splits, slice_one, skipped, {"roi": roi, "input": inputs}, out_dir)
+
+
+def slice_volume(
+    volumes_dir: Path, params: SlicesParams, offset_mm: tuple[float, float], case_id: str
+) -> CaseSlices:
+    """Return the slices of ingested case ``case_id`` (``slice_case`` around the body centre
+    moved by ``offset_mm``); ``ValueError`` naming the file when it cannot be read."""
+    hu, label, affine = read_case(volumes_dir / case_id)
+    return slice_case(hu, label, affine, params, case_id, offset_mm=offset_mm)
+
+
+def _or_error(fn: Callable[[str], Any], case_id: str) -> tuple[Any, str | None]:
+    """Return ``(fn(case_id), None)``, or ``(None, message)`` when it raises ``ValueError``.
+
+    A bad case is a result, not a failed task: ``_write`` skips it and names it, as without a
+    map, and a plain message crosses process and machine boundaries unchanged.
+    """
+    try:
+        return fn(case_id), None
+    except ValueError as exc:
+        return None, str(exc)
+
+
+def _precomputed(
+    map_cases: CaseMap, fn: Callable[[str], CaseSlices], case_ids: list[str]
+) -> Callable[[str], CaseSlices]:
+    """Return ``fn`` for ``_write`` with every case already computed through ``map_cases``;
+    a case's ``ValueError`` is raised again when ``_write`` asks for that case."""
+    results = dict(zip(case_ids, map_cases(partial(_or_error, fn), case_ids), strict=True))
+
+    def slice_one(case_id: str) -> CaseSlices:
+        result, error = results.pop(case_id)  # pop: each case's arrays are freed once written
+        if error is not None:
+            raise ValueError(error)
+        return result
+
+    return slice_one
 
 
 def _run_pairs(params: SlicesParams, pairs_dir: Path, out_dir: Path) -> dict:

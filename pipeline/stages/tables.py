@@ -1,8 +1,11 @@
 """``gvae tables``: one comparison table (markdown + CSV) and one sample figure per dataset.
 
 Every model is a row, measured in one run by the same ``evaluate`` code, with the real-vs-real
-reference on top. The paper's own Table 4 (MNIST) / Table 6 (Fashion-MNIST) values sit in
-separate ``paper_*`` columns, never mixed with ours; where a value is not known it is left empty.
+reference on top. The paper's own values (Tables 4, 6 and 7, all MNIST; see
+``pipeline/paper_reference.py``) sit in separate ``paper_*`` columns, never mixed with ours,
+with their source and unit under the table; where a value is not known it is left empty.
+Under that, and in ``ranking.json``, Kendall's tau between the paper's ranking of the models
+and ours on MMD and on MS-SSIM (``pipeline/augment/ranking.py``).
 """
 
 from __future__ import annotations
@@ -34,12 +37,15 @@ COLUMNS = [
 ]
 PAPER_COLUMNS = [
     "paper_mmd_x1e4",
-    "paper_ssim",
+    "paper_ms_ssim",
     "paper_log_likelihood",
     "paper_recon",
     "paper_elbo",
     "paper_kl",
+    "paper_log_px_nats",
 ]
+# (our key in metrics.json, the paper's key, label): the metrics whose model order is compared.
+RANKED = [("mmd_x1e4", "mmd_x1e4", "MMD"), ("ms_ssim", "ms_ssim", "MS-SSIM")]
 
 
 def _fmt(value, fmt: str) -> str:
@@ -66,6 +72,36 @@ def build_table(rows: list[dict], paper: dict[str, dict]) -> tuple[str, str]:
     writer.writerow(header)
     writer.writerows(body)
     return "\n".join(md) + "\n", buf.getvalue()
+
+
+def paper_legend(units: dict[str, str]) -> str:
+    """Markdown list: the source table and unit of every ``paper_*`` column (from ``units``)."""
+    lines = ["Paper columns (as printed in the paper; source and unit):", ""]
+    lines += [f"- `{c}`: {units.get(c[len('paper_') :], 'unknown')}" for c in PAPER_COLUMNS]
+    return "\n".join(lines) + "\n"
+
+
+def ranking(rows: list[dict], paper: dict[str, dict]) -> dict[str, dict]:
+    """Kendall's tau per ``RANKED`` metric between ``paper`` and the model ``rows``.
+
+    Returns {our metric key: :func:`pipeline.augment.ranking.kendall_agreement` result plus
+    ``label``, ``paper`` and ``ours`` (model -> value of the common models)}.
+    """
+    from pipeline.augment.ranking import kendall_agreement
+
+    out = {}
+    for ours_key, paper_key, label in RANKED:
+        theirs = {m: v[paper_key] for m, v in paper.items() if paper_key in v}
+        mine = {r["model"]: r.get(ours_key) for r in rows}
+        result = kendall_agreement(theirs, mine)
+        common = result["models"]
+        out[ours_key] = {
+            "label": label,
+            **result,
+            "paper": {m: theirs[m] for m in common},
+            "ours": {m: mine[m] for m in common},
+        }
+    return out
 
 
 def sample_figure(panels: list[tuple[str, np.ndarray]], path: Path, per_model: int = 36) -> None:
@@ -98,8 +134,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(dataset: str, evals: Path, samples: Path, models: list[str], out_dir: Path) -> str:
-    """Write ``table.md``, ``table.csv`` and ``samples.png`` to ``out_dir``; return the table."""
-    from pipeline.paper_reference import PAPER_TABLES
+    """Write ``table.md``, ``table.csv``, ``ranking.json`` and ``samples.png`` to ``out_dir``.
+
+    Returns the markdown below the title: the table, the paper columns' legend and the ranking.
+    """
+    from pipeline.augment.ranking import agreement_markdown
+    from pipeline.paper_reference import PAPER_SOURCE, PAPER_TABLES, PAPER_UNITS
 
     rows, panels = [], []
     ref = evals / "real" / "metrics.json"
@@ -113,11 +153,19 @@ def run(dataset: str, evals: Path, samples: Path, models: list[str], out_dir: Pa
         metrics["model"] = name
         rows.append(metrics)
         panels.append((name, np.load(samples / name / "samples.npz")["images"]))
-    md, csv_text = build_table(rows, PAPER_TABLES.get(dataset, {}))
+    paper = PAPER_TABLES.get(dataset, {})
+    md, csv_text = build_table(rows, paper)
+    source = PAPER_SOURCE.get(dataset, f"the paper reports no {dataset} table")
+    ranks = ranking([r for r in rows if r["model"] in models], paper)
+    labelled = {r["label"]: r for r in ranks.values()}
+    md += "\n" + paper_legend(PAPER_UNITS) + "\n" + agreement_markdown(labelled, source)
     title = f"# {dataset}: generative models, one run\n\n"
+    summary = {"dataset": dataset, "source": source, "method": "scipy.stats.kendalltau (tau-b)"}
     with atomic_dir(out_dir) as tmp:
         (tmp / "table.md").write_text(title + md)
         (tmp / "table.csv").write_text(csv_text)
+        ranking_json = json.dumps({**summary, "metrics": ranks}, indent=2) + "\n"
+        (tmp / "ranking.json").write_text(ranking_json)
         sample_figure(panels, tmp / "samples.png")
     return md
 

@@ -1,0 +1,132 @@
+"""Synthetic-pair generation throughput (slices/s) of ``gvae generate``'s core, per model.
+
+    python benchmarks/generate_throughput.py [--models gvae vae] [--sizes 64] [--n N]
+        [--threads N] [--device cpu] [--json FILE]
+
+For each model a freshly built, untrained CT network (2 channels: image + mask, the
+``models.<name>`` config with the ``ct`` overrides of ``params.yaml``) runs
+``pipeline.augment.generate.generate_pairs``, the very function of the stage: seeded sampling
+in ``generate.batch_size`` batches, mask thresholding, mask classification (empty / tiny /
+fragmented / ok) and the keep policy, until ``--n`` pairs are kept or ``max_draw_factor * n``
+are drawn. An untrained generator draws masks of other kinds than a trained one, so the
+drawn-per-kept ratio is not the pipeline's; the per-slice costs are. Printed: slices drawn and
+kept per second, and the two parts alone on the same number of slices: the network
+(``model.sample``) and the mask classification. The stage samples on the CPU (its checkpoint
+loads there), hence ``--device cpu`` by default. Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import common  # noqa: E402
+
+from models.registry import build_model  # noqa: E402
+from models.trainer import resolve_device  # noqa: E402
+from pipeline.augment.generate import classify, generate_pairs, split_pair  # noqa: E402
+from pipeline.config import load_model_config, load_section, with_overrides  # noqa: E402
+
+
+def timed(fn, device: torch.device) -> tuple[float, object]:
+    """(wall seconds, result) of ``fn()``, CUDA work included."""
+    common.sync(device)
+    start = time.perf_counter()
+    out = fn()
+    common.sync(device)
+    return time.perf_counter() - start, out
+
+
+def measure(name: str, size: int, args, device: torch.device) -> dict:
+    """Every figure of one (model, size) row."""
+    model_cfg, _ = load_model_config(args.params, name, ct=True)
+    params = load_section(args.params, "generate")
+    params = with_overrides(params, {"batch_size": args.batch_size})
+    pixel_mm = load_section(args.params, "slices").fov_mm / size
+    torch.manual_seed(args.seed)
+    model = build_model(name, model_cfg, channels=2, size=size).to(device).eval()
+    model.sample(2)  # warm-up: first-call allocations and kernel selection
+    window = common.Window(device)
+    window.begin()
+    got = generate_pairs(model, args.n, pixel_mm, params, args.seed)
+    window.end()
+
+    # The two parts alone, on as many slices as the full run drew.
+    gen = torch.Generator().manual_seed(args.seed)
+    step = params.batch_size
+    batches = [min(step, got.drawn - lo) for lo in range(0, got.drawn, step)]
+    net_s, samples = timed(
+        lambda: [model.sample(b, generator=gen).float().cpu().numpy() for b in batches], device
+    )
+    masks = [split_pair(s, params.mask_threshold)[1] for s in samples]
+    cls_s, _ = timed(lambda: [classify(m, pixel_mm, params) for m in masks], device)
+    return {
+        "model": name,
+        "size": size,
+        "n": args.n,
+        "drawn": got.drawn,
+        "kept": len(got.image),
+        "drawn_s": got.drawn / window.seconds,
+        "kept_s": len(got.image) / window.seconds,
+        "net_s": got.drawn / net_s,
+        "classify_s": got.drawn / cls_s,
+        "kinds": " ".join(f"{k}:{v}" for k, v in got.counts.items()),
+        "gpu_util_pct": window.gpu_util,
+    }
+
+
+COLUMNS = [
+    ("model", "model", "s"),
+    ("px", "size", "d"),
+    ("n", "n", "d"),
+    ("drawn", "drawn", "d"),
+    ("kept", "kept", "d"),
+    ("drawn slices/s", "drawn_s", ".1f"),
+    ("kept slices/s", "kept_s", ".1f"),
+    ("network only slices/s", "net_s", ".1f"),
+    ("classify only slices/s", "classify_s", ".1f"),
+    ("drawn by kind", "kinds", "s"),
+    ("GPU util %", "gpu_util_pct", ".0f"),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = common.parser(__doc__, REPO)
+    parser.add_argument("--models", nargs="+", help="registry names (default: ct.models)")
+    parser.add_argument("--sizes", nargs="+", type=int, default=[64], help="pixels (default 64)")
+    parser.add_argument("--n", type=int, help="pairs to keep (default: generate.n)")
+    parser.add_argument("--batch-size", type=int, help="default: generate.batch_size")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.n is None:
+        args.n = load_section(args.params, "generate").n
+    if args.n < 1:
+        parser.error(f"--n must be >= 1, got {args.n}")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    names = args.models or list(load_section(args.params, "ct").models)
+    rows = []
+    for size in args.sizes:
+        for name in names:
+            print(f"{name} {size}x{size} ...", file=sys.stderr, flush=True)
+            rows.append(measure(name, size, args, device))
+    meta = {**common.environment(device, torch.get_num_threads()), "n": args.n}
+    print(
+        f"Generation throughput on {meta['device']} ({meta['threads']} threads, torch "
+        f"{meta['torch']}), untrained networks, seed {args.seed}"
+    )
+    common.publish(rows, COLUMNS, meta, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
