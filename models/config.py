@@ -194,6 +194,9 @@ class TrainConfig(Frozen):
     sample_every: int = Field(500, ge=1)
     log_every: int = Field(10, ge=1)
     grid: int = Field(8, ge=1, description="sample PNGs show grid x grid images")
+    # Samples kept at every ``sample_every`` step (samples/step-XXXXXX.npz) for the evaluate
+    # stage's diversity trajectory and mode-collapse flag; 0 = PNG grids only.
+    snapshot_samples: int = Field(0, ge=0, description="samples saved per sample_every step")
     seed: int = 0
     grad_clip: float | None = Field(None, gt=0.0)
     device: Literal["auto", "cpu", "cuda"] = "auto"

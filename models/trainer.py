@@ -54,6 +54,28 @@ _RESUME_KEYS = (
 )
 
 
+def save_snapshot(model: GenerativeModel, cfg: TrainConfig, dest: Path, amp) -> Path:
+    """Write ``cfg.snapshot_samples`` samples of ``model`` to ``dest`` (float16 npz ``images``).
+
+    The same seeded draw at every snapshot (``model.sample`` with generator seed
+    ``cfg.seed + 1``, independent of the training RNG), so the snapshots of a run differ only
+    by the weights; ``model.sample`` runs in eval mode and restores the training mode.
+    """
+    import numpy as np
+
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    chunks, left = [], cfg.snapshot_samples
+    with torch.no_grad(), amp():
+        while left:
+            n = min(left, 256)
+            chunks.append(model.sample(n, generator=gen).float().cpu())
+            left -= n
+    images = torch.cat(chunks).numpy().astype(np.float16)
+    with atomic_path(dest) as tmp, tmp.open("wb") as fh:
+        np.savez_compressed(fh, images=images)
+    return dest
+
+
 def resolve_device(device: str) -> torch.device:
     """ "auto" -> CUDA when available, else CPU; "cuda" without CUDA is a ``ValueError``."""
     if device == "cuda" and not torch.cuda.is_available():
@@ -369,6 +391,8 @@ def train(
                 cfg.grid,
                 scale=1,
             )
+            if cfg.snapshot_samples:
+                save_snapshot(model, cfg, out_dir / "samples" / f"step-{step:06d}.npz", amp)
         if ctx is not None and checkpoint:
             ctx.barrier()  # the other ranks wait until rank 0's checkpoint and grid are written
     bar.close()

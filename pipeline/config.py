@@ -223,8 +223,9 @@ PROFILES = ("cpu", "full", "paper")
 PROFILE_KEYS = ("profile", "full", "paper")
 # Top-level keys that are not pydantic sections (``models`` is validated per registry entry).
 SPECIAL_KEYS = {*PROFILE_KEYS, "models"}
+MIN_FULL_SEEDS = 3
 # (section, key) lists that dvc.yaml expands stages over: the DAG's shape, not a run size.
-DAG_LISTS = (("ct", "models"), ("mnist", "datasets"), ("mnist", "models"))
+DAG_LISTS = (("ct", "models"), ("mnist", "datasets"), ("mnist", "models"), ("mnist", "seeds"))
 
 
 def _check_top_level(path: Path, raw: dict[str, Any]) -> None:
@@ -254,6 +255,13 @@ def _check_top_level(path: Path, raw: dict[str, Any]) -> None:
             f"{path}: profile {profile!r} compares on both sanity datasets; also set "
             f"mnist.datasets: [mnist, fashion_mnist] (e.g. dvc exp run -S profile={profile} "
             "-S 'mnist.datasets=[mnist,fashion_mnist]')"
+        )
+    seeds = (raw.get("mnist") or {}).get("seeds", [0])
+    if profile == "full" and len(seeds or []) < MIN_FULL_SEEDS:
+        # The full tables report mean and sd over seeds: one run cannot rank close models.
+        raise ParamsError(
+            f"{path}: profile 'full' reports mean and sd over at least {MIN_FULL_SEEDS} seeds; "
+            f"mnist.seeds is {seeds} (e.g. -S 'mnist.seeds=[0,1,2]')"
         )
 
 

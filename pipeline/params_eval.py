@@ -27,12 +27,23 @@ class MnistParams(Frozen):
     # The models the sanity stages train and compare (rows of the tables, in this order); each
     # needs a ``models.<name>`` block (checked by ``pipeline.config.load_params_models``).
     models: list[str] = Field(["vae", "beta_vae", "wgan_gp", "vae_gan", "gvae"], min_length=1)
+    # Training seeds per (dataset, model): one train/sample/evaluate stage each, so the tables
+    # give mean and sd over seeds (one run cannot rank close models). The `full` profile
+    # requires at least three (``pipeline.config``).
+    seeds: list[int] = Field([0], min_length=1)
 
-    @field_validator("datasets", "models")
+    @field_validator("datasets", "models", "seeds")
     @classmethod
-    def _unique(cls, v: list[str]) -> list[str]:
+    def _unique(cls, v: list) -> list:
         if len(set(v)) != len(v):
             raise ValueError(f"entries must not repeat, got {v}")
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _non_negative(cls, v: list[int]) -> list[int]:
+        if min(v) < 0:
+            raise ValueError(f"seeds must be >= 0 (torch.manual_seed), got {v}")
         return v
 
 
@@ -84,6 +95,21 @@ class TraversalParams(Frozen):
         return v
 
 
+class CollapseParams(Frozen):
+    """When a run is flagged for mode collapse (``models.metrics.entropy_collapse``).
+
+    The trainer saves ``train.snapshot_samples`` samples at every ``sample_every`` step; the
+    in-domain classifier's class-histogram entropy of each snapshot, divided by log K (1 when
+    every class is hit equally often, 0 when all samples fall in one class), is the run's
+    diversity trajectory. ``drop``: flagged when a snapshot falls more than this below the best
+    earlier one (diversity lost during training, the GAN failure of Goodfellow 2016, sec. 5.1.1);
+    ``floor``: flagged when the last snapshot is below this (few modes at the end).
+    """
+
+    drop: float = Field(0.15, gt=0.0, le=1.0, description="fall below the earlier best")
+    floor: float = Field(0.7, ge=0.0, le=1.0, description="normalised entropy at the end")
+
+
 class EvaluateParams(Frozen):
     """Sample sizes and settings of the paper's metrics (see ``models/metrics.py``)."""
 
@@ -98,3 +124,4 @@ class EvaluateParams(Frozen):
     batch_size: int = Field(256, ge=1, description="images per forward pass in every metric")
     seed: int = 0
     traversal: TraversalParams = TraversalParams()
+    collapse: CollapseParams = CollapseParams()

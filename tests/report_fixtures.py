@@ -21,8 +21,9 @@ CT_MODELS = ["gvae", "vae"]
 # name -> (width, height) of every image the report must show, for the decode checks.
 IMAGE_SIZES = {
     "tables/mnist/samples.png": (60, 24),
-    "models/mnist/vae/samples/step-10.png": (20, 20),
-    "models/mnist/gvae/samples/step-10.png": (22, 22),
+    "tables/mnist/stability.png": (64, 26),
+    "models/mnist/vae/s0/samples/step-10.png": (20, 20),
+    "models/mnist/gvae/s0/samples/step-10.png": (22, 22),
     "ct/quality/gvae/grid.png": (40, 30),
     "ct/quality/vae/grid.png": (42, 30),
     "ct/quality/real/grid.png": (44, 30),
@@ -114,7 +115,7 @@ def make_run_tree(root: Path, datasets: tuple[str, ...] = ("mnist",)) -> dict[st
     for i, (rel, size) in enumerate(IMAGE_SIZES.items()):
         png(data / rel, size, seed=i, mode="RGB" if rel.startswith("ct/") else "L")
     # An older training grid: the report must show the highest step, not the last name.
-    png(data / "models/mnist/vae/samples/step-9.png", (18, 18), seed=99)
+    png(data / "models/mnist/vae/s0/samples/step-9.png", (18, 18), seed=99)
     rows = [{"model": m, "mmd_x1e4": 10.0 + i, "fid": 2.0} for i, m in enumerate(SANITY_MODELS)]
     md, csv_text = build_table(rows, {})
     (data / "tables/mnist/table.md").write_text("# mnist: generative models, one run\n\n" + md)

@@ -153,11 +153,36 @@ def test_large_profiles_require_both_sanity_datasets(tmp_path, profile):
     ):
         load_section(p, "train")
     raw["mnist"]["datasets"] = ["fashion_mnist", "mnist"]
+    raw["mnist"]["seeds"] = [0, 1, 2]
     p.write_text(yaml.safe_dump(raw))
     assert load_section(p, "mnist").datasets == ["fashion_mnist", "mnist"]
 
 
-@pytest.mark.parametrize(("section", "key"), [("ct", "models"), ("mnist", "datasets")])
+def test_full_profile_requires_three_seeds(tmp_path):
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert raw["mnist"]["seeds"] == [0]  # the 2-core default: one run per model
+    raw["profile"] = "full"
+    raw["mnist"]["datasets"] = ["mnist", "fashion_mnist"]
+    p = tmp_path / "params.yaml"
+    for seeds in ([0], [3, 4]):
+        raw["mnist"]["seeds"] = seeds
+        p.write_text(yaml.safe_dump(raw))
+        with pytest.raises(ParamsError, match=r"at least 3 seeds.*mnist.seeds=\[0,1,2\]"):
+            load_section(p, "train")
+    raw["mnist"]["seeds"] = [5, 1, 9]
+    p.write_text(yaml.safe_dump(raw))
+    assert load_section(p, "mnist").seeds == [5, 1, 9]
+    for bad, message in (([1, 1, 2], "must not repeat"), ([-1, 0, 1], "seeds must be >= 0")):
+        raw["mnist"]["seeds"] = bad
+        p.write_text(yaml.safe_dump(raw))
+        with pytest.raises(ParamsError, match=message):
+            load_section(p, "mnist")
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [("ct", "models"), ("mnist", "datasets"), ("mnist", "models"), ("mnist", "seeds")],
+)
 def test_profile_block_cannot_change_the_dag_lists(tmp_path, section, key):
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["full"].setdefault(section, {})[key] = ["vae"]

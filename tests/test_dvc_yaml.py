@@ -66,7 +66,11 @@ def test_long_stages_resume_instead_of_restarting():
     segmentation grid keep theirs and resume, so an interrupted `full` run goes on."""
     stages = _dvc()["stages"]
     for name, out, flag in (
-        ("train", "data/models/${item.dataset}/${item.model}", "--resume-if-compatible"),
+        (
+            "train",
+            "data/models/${item.dataset}/${item.model}/s${item.seed}",
+            "--resume-if-compatible",
+        ),
         ("train_ct", "data/ct/models/${item}", "--resume-if-compatible"),
         ("segment", "data/ct/segment/runs", "--resume"),
     ):

@@ -25,6 +25,7 @@ TINY = {
     "slices": {"size": 32, "shard_size": 16},
     "classifier": {"steps": 30},
     "train": {"steps": 4, "checkpoint_every": 2, "sample_every": 2, "batch_size": 8},
+    "mnist": {"seeds": [0, 1]},  # two training seeds: the tables' mean ± sd
     "evaluate": {"n_samples": 64, "iw_samples": 4, "iw_images": 16, "ms_ssim_pairs": 16},
     "ct": {"train": {"steps": 2, "batch_size": 4, "checkpoint_every": 2, "sample_every": 2}},
     "generate": {"n": 16},
@@ -69,7 +70,7 @@ def test_dvc_repro_whole_dag(tmp_path, real_data_dir):
     assert datasets == ["mnist"]  # the 2-core default; `full`/`paper` add Fashion-MNIST
     assert {"phantom", "ingest", "slices", "tables@mnist", "report"} <= ran
     assert not any("fashion_mnist" in stage for stage in ran)
-    assert {f"train@mnist-{m}" for m in params["mnist"]["models"]} <= ran
+    assert {f"train@mnist-{m}-{s}" for m in params["mnist"]["models"] for s in (0, 1)} <= ran
     ct_models = params["ct"]["models"]
     assert {f"train_ct@{m}" for m in ct_models} | {f"generate@{m}" for m in ct_models} <= ran
     assert {"ct_features", "ct_quality_real", "ct_quality_report", "segment"} <= ran
@@ -86,8 +87,13 @@ def test_dvc_repro_whole_dag(tmp_path, real_data_dir):
     for dataset in datasets:
         table = (work / f"data/tables/{dataset}/table.md").read_text()
         for model in params["mnist"]["models"]:
-            assert f"| {model} |" in table
+            assert f"| {model} | 2 |" in table  # two seeds per row
+        assert "mean ± sd over seeds" in table and " ± " in table
         assert (work / f"data/tables/{dataset}/samples.png").stat().st_size > 1000
+        assert (work / f"data/tables/{dataset}/stability.png").stat().st_size > 1000
+        stab = json.loads((work / f"data/tables/{dataset}/stability.json").read_text())
+        assert set(stab["models"]["gvae"]) == {"0", "1"}
+        assert len(stab["models"]["gvae"]["0"]["steps"]) == 2  # snapshots at steps 2 and 4
     html = (work / "data/report/index.html").read_text()
     assert "Fashion-MNIST" in html and "not produced by this run" in html
     assert "http://" not in html and "https://" not in html
@@ -126,5 +132,10 @@ def test_dvc_repro_whole_dag(tmp_path, real_data_dir):
     stale = set(json.loads(proc.stdout))
     expected = {"mnist@fashion_mnist", "classifier@fashion_mnist", "tables@fashion_mnist"}
     compared = params["mnist"]["models"]
-    expected |= {f"{kind}@fashion_mnist-{m}" for kind in ("train", "evaluate") for m in compared}
+    expected |= {
+        f"{kind}@fashion_mnist-{m}-{s}"
+        for kind in ("train", "evaluate")
+        for m in compared
+        for s in (0, 1)
+    }
     assert expected <= stale and not any("@mnist" in stage for stage in stale), stale

@@ -122,7 +122,7 @@ def test_report_is_self_contained_with_every_section(tmp_path, monkeypatch):
     for table_id, first_cells in TABLE_ROWS.items():
         assert set(first_cells) <= set(dom.rows.get(table_id, [])), (table_id, dom.rows)
     assert html.count("<img ") == len(IMAGE_SIZES) + 1  # + the Dice plot
-    newest = (paths["train_runs"] / "mnist/vae/samples/step-10.png").read_bytes()
+    newest = (paths["train_runs"] / "mnist/vae/s0/samples/step-10.png").read_bytes()
     assert "training samples at step 10" in html and "step-9.png" not in html
     assert base64.b64encode(newest).decode() in html  # the newest grid itself is inlined
     assert FLAGGED_CASE in html and 'download="results.csv"' in html

@@ -24,8 +24,8 @@ from tests.test_e2e_dvc import TINY, _merge
 
 REPO = Path(__file__).resolve().parents[1]
 LATENT = "models.gvae.model.latent_dim"
-TARGET = "evaluate@mnist-gvae"  # + its upstream: train@mnist-gvae, sample@mnist-gvae
-METRICS = "data/eval/mnist/gvae/metrics.json"
+TARGET = "evaluate@mnist-gvae-0"  # + its upstream: train@mnist-gvae-0, sample@mnist-gvae-0
+METRICS = "data/eval/mnist/gvae/s0/metrics.json"
 SIZES = (4, 8)
 # The README's comparison table: only the latent size, MMD and MS-SSIM columns.
 KEEP = r"Experiment|models\.gvae\.model\.latent_dim|(.*gvae/metrics\.json:)?(mmd|ms_ssim)$"
@@ -87,14 +87,14 @@ def test_latent_size_sweep_with_dvc_exp(tmp_path, real_data_dir):
         metrics = data["metrics"][METRICS]["data"]
         assert metrics["model"] == "gvae" and math.isfinite(metrics["mmd"]), (name, metrics)
         by_size[latent] = metrics["mmd"]
-        trained.add(data["outs"]["data/models/mnist/gvae"]["hash"])
+        trained.add(data["outs"]["data/models/mnist/gvae/s0"]["hash"])
     assert sorted(by_size) == list(SIZES), by_size
     assert None not in trained and len(trained) == len(SIZES), "one trained GVAE per latent size"
 
     # Only the GVAE's stages ran in the experiments; MNIST and the classifier came from the cache.
     logs = _run(["dvc", "queue", "logs", next(iter(exps))], work, env)
     ran = {line.split("'")[1] for line in logs.splitlines() if line.startswith("Running stage '")}
-    assert ran == {"train@mnist-gvae", "sample@mnist-gvae", TARGET}, ran
+    assert ran == {"train@mnist-gvae-0", "sample@mnist-gvae-0", TARGET}, ran
 
     table = _run(["dvc", "exp", "show", "--drop", ".*", "--keep", KEEP, "--csv"], work, env)
     rows = list(csv.DictReader(io.StringIO(table)))

@@ -35,11 +35,11 @@ def test_fewer_than_three_common_models_is_not_a_number():
 
 
 def _write(evals, samples, name: str, mmd: float, ms_ssim: float) -> None:
-    (evals / name).mkdir(parents=True)
+    (evals / name / "s0").mkdir(parents=True)
     metrics = {"model": name, "mmd_x1e4": mmd, "ms_ssim": ms_ssim}
-    (evals / name / "metrics.json").write_text(json.dumps(metrics))
-    (samples / name).mkdir(parents=True)
-    np.savez(samples / name / "samples.npz", images=np.zeros((36, 1, 16, 16), np.float32))
+    (evals / name / "s0" / "metrics.json").write_text(json.dumps(metrics))
+    (samples / name / "s0").mkdir(parents=True)
+    np.savez(samples / name / "s0" / "samples.npz", images=np.zeros((36, 1, 16, 16), np.float32))
 
 
 def _cells(md: str, model: str) -> dict[str, str]:

@@ -213,3 +213,22 @@ def test_save_grid_overlays_mask(tmp_path):
     r, g = png[1 + 2, 1 + 2, 0], png[1 + 2, 1 + 2, 1]
     assert r > 0.3 and g < 0.05
     assert png[1, 1, 0] < 0.05  # outside the mask stays black
+
+
+def test_snapshots_are_one_seeded_draw_and_leave_the_trajectory_alone(tmp_path):
+    import numpy as np
+
+    data = _data()
+    plain = _model("vae")
+    train(plain, data, _cfg(steps=4), tmp_path / "plain")
+    assert not list((tmp_path / "plain" / "samples").glob("*.npz"))  # off by default
+    snap = _model("vae")
+    train(snap, data, _cfg(steps=4, snapshot_samples=5), tmp_path / "snap")
+    _assert_same_state(_state(plain), _state(snap))  # sampling consumed no training RNG
+    files = sorted((tmp_path / "snap" / "samples").glob("step-*.npz"))
+    assert [f.name for f in files] == ["step-000002.npz", "step-000004.npz"]
+    last = np.load(files[-1])["images"]
+    assert last.dtype == np.float16 and last.shape == (5, 1, 16, 16)
+    expected = snap.sample(5, generator=torch.Generator().manual_seed(0 + 1)).numpy()
+    np.testing.assert_allclose(last.astype(np.float32), expected, atol=2e-3)
+    assert not np.allclose(np.load(files[0])["images"], last)  # the weights moved in between

@@ -59,9 +59,7 @@ def mask_kind(mask: np.ndarray, pixel_mm: float, min_area_mm2: float, max_compon
 
 def classify(mask: np.ndarray, pixel_mm: float, params: GenerateParams) -> list[str]:
     """Kinds of every mask of an (N, 1, S, S) stack."""
-    return [
-        mask_kind(m[0], pixel_mm, params.min_area_mm2, params.max_components) for m in mask
-    ]
+    return [mask_kind(m[0], pixel_mm, params.min_area_mm2, params.max_components) for m in mask]
 
 
 def keep(kinds: list[str], params: GenerateParams) -> np.ndarray:

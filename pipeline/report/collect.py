@@ -19,6 +19,7 @@ from PIL import Image
 
 from pipeline.params_eval import SANITY_DATASETS
 from pipeline.report.render import csv_rows, data_uri, markdown_html
+from pipeline.seeds import seed_dirs
 
 NOT_PRODUCED = "not produced by this run"
 DATASET_LABELS = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}
@@ -112,6 +113,7 @@ def sanity_section(
         "reason": "",
         "table": None,
         "figure": None,
+        "stability": None,
         "grids": [],
     }
     if not in_run:
@@ -120,14 +122,24 @@ def sanity_section(
     folder = tables_dir / dataset
     section["table"] = table(folder / "table.md", folder / "table.csv")
     section["figure"] = image(folder / "samples.png", f"{label}: samples of every model")
+    section["stability"] = image(
+        folder / "stability.png", f"{label}: adversarial loss curves and class entropy in training"
+    )
     for model in models:
-        grid = latest_grid(runs_dir / dataset / model / "samples")
+        # The first seed's grids (gvae train writes <model>/s<seed>/samples/step-*.png).
+        seeds = seed_dirs(runs_dir / dataset / model)
+        grid = latest_grid(seeds[0][1] / "samples") if seeds else None
         shown = None
         if grid is not None:
             step = int(_STEP.match(grid.name).group(1))
-            shown = image(grid, f"{model}: training samples at step {step}")
+            shown = image(grid, f"{model}: training samples at step {step} (seed {seeds[0][0]})")
         section["grids"].append({"name": model, "image": shown})
-    found = [section["table"], section["figure"], *(g["image"] for g in section["grids"])]
+    found = [
+        section["table"],
+        section["figure"],
+        section["stability"],
+        *(g["image"] for g in section["grids"]),
+    ]
     section["produced"] = any(found)
     if not section["produced"]:
         section["reason"] = f"{NOT_PRODUCED} (nothing in {folder} or {runs_dir / dataset})"
@@ -219,7 +231,7 @@ class Inputs:
     """The stage output folders the report reads (each an argument of ``gvae report``)."""
 
     tables: Path  # <dataset>/table.md, table.csv, samples.png (gvae tables)
-    train_runs: Path  # <dataset>/<model>/samples/step-*.png (gvae train)
+    train_runs: Path  # <dataset>/<model>/s<seed>/samples/step-*.png (gvae train)
     ct_quality: Path  # <set>/grid.png, memorization.json (gvae ct-quality)
     ct_quality_report: Path  # table.md, table.csv (gvae ct-quality-report)
     segment: Path  # table.md, results.csv, metrics.json, dice_vs_size.png (gvae segment)

@@ -113,13 +113,40 @@ def run(
         from models.trainer import load_checkpoint
 
         model = load_checkpoint(run_dir / "checkpoint.pt")
+        result["model"] = model.name  # the run folder is named by its seed (s0, s1, ...)
         result["has_encoder"] = bool(model.has_encoder)
         if model.has_encoder:
             result.update(_encoder_metrics(model, real, params))
+    if run_dir is not None and not reference:
+        result["stability"] = stability(run_dir, clf, params)
     result["classifier_test_accuracy"] = _classifier_accuracy(clf_dir)
     result["seconds"] = round(time.perf_counter() - t0, 2)
     write_json(out, result)
     return result
+
+
+def stability(run_dir: Path, clf, params) -> dict | None:
+    """Diversity during training: class entropy of every snapshot the trainer saved.
+
+    Reads ``run_dir/samples/step-XXXXXX.npz`` (``train.snapshot_samples``); returns None when
+    the run saved none, else the steps, the normalised class entropy (``class_entropy / log K``)
+    of each snapshot and the mode-collapse verdict of ``models.metrics.entropy_collapse`` with
+    the ``evaluate.collapse`` thresholds.
+    """
+    from models import metrics as M
+    from models.classifier import predict_proba
+
+    files = sorted((run_dir / "samples").glob("step-*.npz"))
+    if not files:
+        return None
+    steps, values = [], []
+    for path in files:
+        images = torch.as_tensor(np.load(path)["images"].astype(np.float32))
+        cover = M.mode_coverage(predict_proba(clf, images, batch_size=params.batch_size))
+        steps.append(int(path.stem.split("-")[1]))
+        values.append(cover["class_entropy"] / cover["max_class_entropy"])
+    verdict = M.entropy_collapse(values, params.collapse.drop, params.collapse.floor)
+    return {"steps": steps, "class_entropy_norm": values, **verdict}
 
 
 def _random_subset(x, n: int, seed: int) -> torch.Tensor:
@@ -152,4 +179,6 @@ def main(args: argparse.Namespace) -> int:
         f"{result['model']} on {result['dataset']}: MMD {result['mmd']:.4g}, "
         f"FID {result['fid']:.3g}, class entropy {result['class_entropy']:.3f}"
     )
+    if (result.get("stability") or {}).get("collapsed"):
+        print(f"mode collapse: {result['stability']['reason']}")
     return 0

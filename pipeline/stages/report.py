@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the stage's options."""
     folders = (
         ("--tables", "data/tables", "folder of <dataset>/table.md, table.csv, samples.png"),
-        ("--train-runs", "data/models", "folder of <dataset>/<model>/samples/step-*.png"),
+        ("--train-runs", "data/models", "folder of <dataset>/<model>/s<seed>/samples/step-*.png"),
         ("--ct-quality", "data/ct/quality", "folder of <set>/grid.png, memorization.json"),
         ("--ct-quality-report", "data/ct/quality_report", "folder of table.md, table.csv"),
         ("--segment", "data/ct/segment", "folder of table.md, results.csv, dice_vs_size.png"),

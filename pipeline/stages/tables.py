@@ -1,7 +1,12 @@
-"""``gvae tables``: one comparison table (markdown + CSV) and one sample figure per dataset.
+"""``gvae tables``: one comparison table (markdown + CSV) and two figures per dataset.
 
-Every model is a row, measured in one run by the same ``evaluate`` code, with the real-vs-real
-reference on top. The paper's own values (Tables 4, 6 and 7, all MNIST; see
+Every model is a row, measured by the same ``evaluate`` code, with the real-vs-real reference
+on top. A model trained with several seeds (``mnist.seeds``, one ``s<seed>`` folder each) shows
+the mean and the sample standard deviation over its seeds ("mean ± sd", n in the ``seeds``
+column); the ``collapse`` column counts the seeds flagged for mode collapse by ``evaluate``
+(``evaluate.collapse``). ``stability.png`` draws, per dataset, the loss curves of every
+adversarial model (the terms its critic and generator log) and every model's class-entropy
+trajectory during training. The paper's own values (Tables 4, 6 and 7, all MNIST; see
 ``pipeline/paper_reference.py``) sit in separate ``paper_*`` columns, never mixed with ours,
 with their source and unit under the table; where a value is not known it is left empty.
 Under that, and in ``ranking.json``, Kendall's tau between the paper's ranking of the models
@@ -48,21 +53,49 @@ PAPER_COLUMNS = [
 RANKED = [("mmd_x1e4", "mmd_x1e4", "MMD"), ("ms_ssim", "ms_ssim", "MS-SSIM")]
 
 
-def _fmt(value, fmt: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _fmt(value, fmt: str, sd=None) -> str:
+    if _missing(value):
         return ""
-    return fmt.format(value)
+    return fmt.format(value) + ("" if _missing(sd) else " ± " + fmt.format(sd))
+
+
+def aggregate_seeds(model: str, per_seed: list[dict]) -> dict:
+    """One table row from the ``metrics.json`` of each seed of ``model``.
+
+    Every ``COLUMNS`` metric becomes the mean over the seeds that report it, with ``<key>_sd``
+    the sample standard deviation (ddof 1; None for one seed); ``seeds`` is the number of runs
+    and ``collapsed`` how many of them ``evaluate`` flagged for mode collapse (None when no run
+    saved training snapshots).
+    """
+    row: dict = {"model": model, "seeds": len(per_seed)}
+    for key, _, _ in COLUMNS:
+        values = [m[key] for m in per_seed if not _missing(m.get(key))]
+        row[key] = float(np.mean(values)) if values else None
+        row[f"{key}_sd"] = float(np.std(values, ddof=1)) if len(values) > 1 else None
+    verdicts = [m["stability"]["collapsed"] for m in per_seed if m.get("stability")]
+    row["collapsed"] = sum(verdicts) if verdicts else None
+    return row
 
 
 def build_table(rows: list[dict], paper: dict[str, dict]) -> tuple[str, str]:
-    """Return (markdown, csv) text for ``rows`` (metrics dicts) with paper reference columns."""
-    header = ["model"] + [c[1] for c in COLUMNS] + PAPER_COLUMNS
+    """Return (markdown, csv) text for ``rows`` with the paper's reference columns.
+
+    ``rows`` are metrics dicts, or :func:`aggregate_seeds` rows (``<key>_sd`` shown as
+    "mean ± sd"; ``seeds`` and ``collapsed`` filled). The CSV holds the same cells.
+    """
+    header = ["model", "seeds", "collapse"] + [c[1] for c in COLUMNS] + PAPER_COLUMNS
     body = []
     for row in rows:
         ref = paper.get(row["model"], {})
+        seeds, collapsed = row.get("seeds"), row.get("collapsed")
         body.append(
-            [row["model"]]
-            + [_fmt(row.get(k), f) for k, _, f in COLUMNS]
+            [row["model"], "" if seeds is None else str(seeds)]
+            + ["" if collapsed is None else f"{collapsed}/{seeds}"]
+            + [_fmt(row.get(k), f, row.get(f"{k}_sd")) for k, _, f in COLUMNS]
             + [_fmt(ref.get(k[len("paper_") :]), "{}") for k in PAPER_COLUMNS]
         )
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -127,53 +160,88 @@ def sample_figure(panels: list[tuple[str, np.ndarray]], path: Path, per_model: i
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the stage's options."""
     parser.add_argument("--dataset", required=True)
-    parser.add_argument("--evals", required=True, type=Path, help="folder of <model>/metrics.json")
-    parser.add_argument("--samples", required=True, type=Path, help="folder of <model>/samples.npz")
+    parser.add_argument(
+        "--evals", required=True, type=Path, help="folder of <model>/s<seed>/metrics.json"
+    )
+    parser.add_argument(
+        "--samples", required=True, type=Path, help="folder of <model>/s<seed>/samples.npz"
+    )
+    parser.add_argument(
+        "--runs", type=Path, help="folder of <model>/s<seed>/losses.csv (stability.png)"
+    )
     parser.add_argument("--models", nargs="+", help="row order (default: params `mnist.models`)")
     parser.add_argument("--out", required=True, type=Path)
 
 
-def run(dataset: str, evals: Path, samples: Path, models: list[str], out_dir: Path) -> str:
-    """Write ``table.md``, ``table.csv``, ``ranking.json`` and ``samples.png`` to ``out_dir``.
+def _seed_metrics(evals: Path, name: str) -> list[tuple[int, dict]]:
+    from pipeline.seeds import seed_dirs
+
+    found = [(seed, d / "metrics.json") for seed, d in seed_dirs(evals / name)]
+    found = [(seed, path) for seed, path in found if path.is_file()]
+    if not found:
+        raise FileNotFoundError(
+            f"{evals / name}: no s<seed>/metrics.json; run `gvae evaluate` for {name}"
+        )
+    return [(seed, json.loads(path.read_text())) for seed, path in found]
+
+
+def run(
+    dataset: str,
+    evals: Path,
+    samples: Path,
+    models: list[str],
+    out_dir: Path,
+    runs: Path | None = None,
+) -> str:
+    """Write ``table.md``, ``table.csv``, ``ranking.json``, ``samples.png`` and, with ``runs``,
+    ``stability.png`` + ``stability.json`` to ``out_dir``.
 
     Returns the markdown below the title: the table, the paper columns' legend and the ranking.
     """
     from pipeline.augment.ranking import agreement_markdown
+    from pipeline.augment.stability import stability_figure, stability_summary
     from pipeline.paper_reference import PAPER_SOURCE, PAPER_TABLES, PAPER_UNITS
+    from pipeline.seeds import seed_dirname
 
-    rows, panels = [], []
+    rows, panels, per_model = [], [], {}
     ref = evals / "real" / "metrics.json"
     if ref.is_file():
         rows.append(json.loads(ref.read_text()))
     for name in models:
-        path = evals / name / "metrics.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: missing; run `gvae evaluate` for {name}")
-        metrics = json.loads(path.read_text())
-        metrics["model"] = name
-        rows.append(metrics)
-        panels.append((name, np.load(samples / name / "samples.npz")["images"]))
+        seeds = _seed_metrics(evals, name)
+        per_model[name] = seeds
+        rows.append(aggregate_seeds(name, [m for _, m in seeds]))
+        first = samples / name / seed_dirname(seeds[0][0]) / "samples.npz"
+        panels.append((name, np.load(first)["images"]))
     paper = PAPER_TABLES.get(dataset, {})
     md, csv_text = build_table(rows, paper)
     source = PAPER_SOURCE.get(dataset, f"the paper reports no {dataset} table")
     ranks = ranking([r for r in rows if r["model"] in models], paper)
     labelled = {r["label"]: r for r in ranks.values()}
     md += "\n" + paper_legend(PAPER_UNITS) + "\n" + agreement_markdown(labelled, source)
-    title = f"# {dataset}: generative models, one run\n\n"
+    n_seeds = sorted({len(v) for v in per_model.values()})
+    runs_text = "one run" if n_seeds == [1] else "mean ± sd over seeds"
+    title = f"# {dataset}: generative models, {runs_text}\n\n"
     summary = {"dataset": dataset, "source": source, "method": "scipy.stats.kendalltau (tau-b)"}
+    stab = stability_summary(per_model)
+    if stab["flagged"]:
+        md += "\nMode collapse (evaluate.collapse): " + "; ".join(stab["flagged"]) + "\n"
     with atomic_dir(out_dir) as tmp:
         (tmp / "table.md").write_text(title + md)
         (tmp / "table.csv").write_text(csv_text)
         ranking_json = json.dumps({**summary, "metrics": ranks}, indent=2) + "\n"
         (tmp / "ranking.json").write_text(ranking_json)
         sample_figure(panels, tmp / "samples.png")
+        (tmp / "stability.json").write_text(json.dumps(stab, indent=2) + "\n")
+        if runs is not None:
+            stability_figure(dataset, runs, per_model, tmp / "stability.png")
     return md
 
 
 def main(args: argparse.Namespace) -> int:
-    """CLI entry: write the table and figure, print the table."""
+    """CLI entry: write the table and figures, print the table."""
     from pipeline.config import load_params_models
 
     models = args.models or load_params_models(Path(args.params))
-    print(run(args.dataset, args.evals, args.samples, models, args.out))
+    print(run(args.dataset, args.evals, args.samples, models, args.out, runs=args.runs))
     return 0

@@ -55,6 +55,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="CT only: one run per segment.fractions entry, into OUT/f<fraction>",
     )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="training seed instead of train.seed (the sanity stages' mnist.seeds)",
+    )
     resume = parser.add_mutually_exclusive_group()
     resume.add_argument("--resume", action="store_true", help="continue from the checkpoint")
     resume.add_argument(
@@ -107,8 +113,11 @@ def run(
     resume: bool | Literal["if_compatible"] = False,
     progress: bool = True,
     fraction: float | None = None,
+    seed: int | None = None,
 ) -> dict:
     """Train ``model_name`` on ``dataset``'s train split; write the run folder; return a summary.
+
+    ``seed`` replaces ``train.seed`` (initial weights, batches, noise) when given.
 
     ``resume``: False (start afresh), True (continue the checkpoint; an incompatible one is a
     ``StageError``) or ``"if_compatible"`` (continue it if it is compatible, else start afresh
@@ -124,6 +133,10 @@ def run(
     if fraction is not None and not is_ct:
         raise StageError(f"--fraction selects CT training patients; {dataset} has none")
     model_cfg, train_cfg = load_model_config(params_path, model_name, ct=is_ct)
+    if seed is not None:
+        if seed < 0:
+            raise StageError(f"--seed must be >= 0, got {seed}")
+        train_cfg = train_cfg.model_copy(update={"seed": seed})
     cases = ct_training_cases(params_path, data_dir, fraction) if is_ct else None
     images, _ = load_images(dataset, data_dir, "train", cases=cases)
     if len(images) < train_cfg.batch_size:
@@ -194,6 +207,7 @@ def _train_runs(args: argparse.Namespace, main: bool) -> int:
             resume="if_compatible" if args.resume_if_compatible else args.resume,
             progress=not args.no_progress,
             fraction=fraction,
+            seed=args.seed,
         )
         if not main:
             continue
