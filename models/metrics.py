@@ -166,14 +166,15 @@ def mode_coverage(probs: torch.Tensor) -> dict:
     }
 
 
-def entropy_collapse(trajectory: list[float], drop: float, floor: float) -> dict:
+def entropy_collapse(trajectory: list[float], drop: float, labels: list[str] | None = None) -> dict:
     """Flag mode collapse from a run's normalised class-entropy trajectory (0..1, oldest first).
 
     ``trajectory`` holds ``class_entropy / log K`` (:func:`mode_coverage`) of the samples saved
-    during training. Collapsed when a value falls more than ``drop`` below the best earlier one
-    (diversity lost while training, Goodfellow 2016, "NIPS 2016 Tutorial: GANs", sec. 5.1.1) or
-    when the last is below ``floor`` (few modes at the end). Returns ``collapsed``, ``reason``
-    (None or a sentence), ``largest_drop`` and ``final``.
+    during training. Collapsed when a value falls more than ``drop`` below the best earlier one:
+    diversity lost while training (Goodfellow 2016, "NIPS 2016 Tutorial: GANs", sec. 5.1.1),
+    transient or lasting. A run that is never diverse is not flagged here; its final class
+    entropy says so. Returns ``collapsed``, ``reason`` (None or a sentence naming the snapshot
+    by its entry of ``labels``, default "snapshot <0-based index>") and ``largest_drop``.
     """
     if not trajectory:
         raise ValueError("an entropy trajectory needs at least one snapshot")
@@ -182,17 +183,10 @@ def entropy_collapse(trajectory: list[float], drop: float, floor: float) -> dict
         if best - value > largest:
             largest, at = best - value, i
         best = max(best, value)
-    reasons = []
-    if largest > drop:
-        reasons.append(f"fell {largest:.3f} below its earlier best at snapshot {at}")
-    if trajectory[-1] < floor:
-        reasons.append(f"ends at {trajectory[-1]:.3f} < {floor}")
-    return {
-        "collapsed": bool(reasons),
-        "reason": "; ".join(reasons) or None,
-        "largest_drop": largest,
-        "final": trajectory[-1],
-    }
+    collapsed = largest > drop
+    names = labels or [f"snapshot {i}" for i in range(len(trajectory))]
+    reason = f"fell {largest:.3f} below its earlier best at {names[at]}" if collapsed else None
+    return {"collapsed": collapsed, "reason": reason, "largest_drop": largest}
 
 
 def fid(feats_real: torch.Tensor, feats_fake: torch.Tensor) -> float:

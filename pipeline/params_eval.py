@@ -101,13 +101,15 @@ class CollapseParams(Frozen):
     The trainer saves ``train.snapshot_samples`` samples at every ``sample_every`` step; the
     in-domain classifier's class-histogram entropy of each snapshot, divided by log K (1 when
     every class is hit equally often, 0 when all samples fall in one class), is the run's
-    diversity trajectory. ``drop``: flagged when a snapshot falls more than this below the best
-    earlier one (diversity lost during training, the GAN failure of Goodfellow 2016, sec. 5.1.1);
-    ``floor``: flagged when the last snapshot is below this (few modes at the end).
+    diversity trajectory. Flagged when a snapshot falls more than ``drop`` below the best
+    earlier one (diversity lost during training, the GAN failure of Goodfellow 2016, sec.
+    5.1.1). Snapshots within the first ``warmup`` fraction of the run's steps are left out: a
+    barely trained network's noise spreads over the classes by chance, and its fall to the
+    first learned shapes is not a collapse.
     """
 
     drop: float = Field(0.15, gt=0.0, le=1.0, description="fall below the earlier best")
-    floor: float = Field(0.7, ge=0.0, le=1.0, description="normalised entropy at the end")
+    warmup: float = Field(0.1, ge=0.0, lt=1.0, description="fraction of steps not judged")
 
 
 class EvaluateParams(Frozen):

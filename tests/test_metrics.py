@@ -260,13 +260,15 @@ def test_reconstruction_error_and_model_mode_restored():
 def test_entropy_collapse_known_trajectories():
     from models.metrics import entropy_collapse
 
-    steady = entropy_collapse([0.5, 0.8, 0.95, 0.97], drop=0.15, floor=0.7)
+    steady = entropy_collapse([0.5, 0.8, 0.95, 0.97], drop=0.15)
     assert not steady["collapsed"] and steady["reason"] is None and steady["largest_drop"] == 0.0
-    lost = entropy_collapse([0.6, 0.95, 0.9, 0.75], drop=0.15, floor=0.7)
+    lost = entropy_collapse([0.6, 0.95, 0.9, 0.75], drop=0.15)
     assert lost["collapsed"] and lost["largest_drop"] == pytest.approx(0.2)
     assert lost["reason"] == "fell 0.200 below its earlier best at snapshot 3"
-    low = entropy_collapse([0.2, 0.3, 0.35], drop=0.15, floor=0.7)  # never diverse: ends low
-    assert low["collapsed"] and low["reason"] == "ends at 0.350 < 0.7" and low["final"] == 0.35
-    assert not entropy_collapse([0.9], drop=0.15, floor=0.7)["collapsed"]
+    named = entropy_collapse([0.9, 0.1, 0.8], drop=0.15, labels=["step 5", "step 10", "step 15"])
+    assert named["reason"] == "fell 0.800 below its earlier best at step 10"  # then recovered
+    # Never diverse is not a collapse during training (the final class entropy reports it).
+    assert not entropy_collapse([0.2, 0.3, 0.35], drop=0.15)["collapsed"]
+    assert not entropy_collapse([0.9], drop=0.15)["collapsed"]
     with pytest.raises(ValueError, match="at least one snapshot"):
-        entropy_collapse([], drop=0.15, floor=0.7)
+        entropy_collapse([], drop=0.15)

@@ -33,15 +33,22 @@ def test_snapshots_give_the_trajectory_and_flag_a_collapse(tmp_path, monkeypatch
     assert result["steps"] == [50, 100, 150]  # by step, not by file order
     norm = result["class_entropy_norm"]
     assert norm[0] == pytest.approx(np.log(2) / np.log(10)) and norm[1] == pytest.approx(1.0)
-    assert result["collapsed"] and "below its earlier best at snapshot 2" in result["reason"]
-    assert "ends at" in result["reason"]  # below the floor as well
+    assert result["collapsed"] and result["judged_from"] == 50
+    assert result["reason"].startswith("fell 0.9") and result["reason"].endswith("at step 150")
     assert evaluate.stability(tmp_path / "no_snapshots", None, params) is None
 
 
-def test_a_diverse_run_is_not_flagged(tmp_path, monkeypatch):
+def test_warmup_snapshots_are_not_judged(tmp_path, monkeypatch):
     monkeypatch.setattr("models.classifier.predict_proba", _one_hot_by_brightness)
     run_dir = tmp_path / "run"
-    _snapshot(run_dir, 10, [0, 1, 2, 3, 4] * 4)
-    _snapshot(run_dir, 20, list(range(10)) * 2)
-    result = evaluate.stability(run_dir, None, EvaluateParams())
-    assert not result["collapsed"] and result["reason"] is None
+    _snapshot(run_dir, 50, list(range(10)) * 3)  # noise of a barely trained net: every class
+    _snapshot(run_dir, 100, [0, 1] * 15)  # the first learned shapes
+    for step in (300, 600):
+        _snapshot(run_dir, step, list(range(10)) * 2)
+    result = evaluate.stability(run_dir, None, EvaluateParams())  # warmup 0.1: step 60
+    assert result["judged_from"] == 100 and not result["collapsed"]
+    assert result["steps"] == [50, 100, 300, 600]  # the trajectory keeps every snapshot
+    judged_all = evaluate.stability(
+        run_dir, None, EvaluateParams(collapse={"drop": 0.15, "warmup": 0.0})
+    )
+    assert judged_all["collapsed"] and judged_all["reason"].endswith("at step 100")

@@ -51,7 +51,7 @@ def test_table_has_every_row_and_paper_columns_apart():
 
 
 def test_seeds_become_mean_and_sample_sd_with_collapse_counts():
-    flagged = {"collapsed": True, "reason": "ends at 0.100 < 0.7"}
+    flagged = {"collapsed": True, "reason": "fell 0.500 below its earlier best at step 100"}
     fine = {"collapsed": False, "reason": None}
     row = aggregate_seeds(
         "gan",
@@ -85,7 +85,7 @@ def _write_run(root, name: str, seed: int, mmd: float, stability=None, losses=No
 
 def test_run_writes_table_csv_figures_and_flags(tmp_path):
     traj = {"steps": [50, 100, 150], "class_entropy_norm": [0.9, 0.95, 0.4]}
-    bad = {**traj, "collapsed": True, "reason": "fell 0.550 below its earlier best at snapshot 2"}
+    bad = {**traj, "collapsed": True, "reason": "fell 0.550 below its earlier best at step 150"}
     good = {**traj, "class_entropy_norm": [0.6, 0.9, 0.95], "collapsed": False, "reason": None}
     critic = "step,adv,total,critic_real,critic_fake\n10,1.0,1.0,0.5,0.4\n20,2.0,2.0,0.3,0.2\n"
     _write_run(tmp_path, "vae", 0, 0.0, good, "step,rec,kl,total\n10,1,2,3\n")

@@ -130,8 +130,9 @@ def stability(run_dir: Path, clf, params) -> dict | None:
 
     Reads ``run_dir/samples/step-XXXXXX.npz`` (``train.snapshot_samples``); returns None when
     the run saved none, else the steps, the normalised class entropy (``class_entropy / log K``)
-    of each snapshot and the mode-collapse verdict of ``models.metrics.entropy_collapse`` with
-    the ``evaluate.collapse`` thresholds.
+    of each snapshot and the mode-collapse verdict of ``models.metrics.entropy_collapse`` on
+    the snapshots after ``evaluate.collapse.warmup`` of the steps (``judged_from``: the first
+    step judged).
     """
     from models import metrics as M
     from models.classifier import predict_proba
@@ -145,8 +146,16 @@ def stability(run_dir: Path, clf, params) -> dict | None:
         cover = M.mode_coverage(predict_proba(clf, images, batch_size=params.batch_size))
         steps.append(int(path.stem.split("-")[1]))
         values.append(cover["class_entropy"] / cover["max_class_entropy"])
-    verdict = M.entropy_collapse(values, params.collapse.drop, params.collapse.floor)
-    return {"steps": steps, "class_entropy_norm": values, **verdict}
+    judged = [i for i, step in enumerate(steps) if step > params.collapse.warmup * steps[-1]]
+    verdict = M.entropy_collapse(
+        [values[i] for i in judged], params.collapse.drop, [f"step {steps[i]}" for i in judged]
+    )
+    return {
+        "steps": steps,
+        "class_entropy_norm": values,
+        "judged_from": steps[judged[0]],
+        **verdict,
+    }
 
 
 def _random_subset(x, n: int, seed: int) -> torch.Tensor:
