@@ -69,10 +69,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv[1:])
     try:
         return int(module.main(args) or 0)
-    except (ParamsError, StageError, PermissionError) as exc:
+    except (ParamsError, StageError, OSError) as exc:
+        # OSError: a missing input, an unwritable folder or a full disk; its message names the
+        # file (the stages' own FileNotFoundErrors also say which stage makes it).
         print(f"gvae {command}: error: {exc}", file=sys.stderr)
         return 2
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # `python -m pipeline.cli`: run the imported module's main, whose StageError is the class the
+    # stages raise (this file, run as __main__, would define a second one).
+    from pipeline.cli import main as _main
+
+    sys.exit(_main())

@@ -130,3 +130,21 @@ def test_fractions_no_longer_listed_are_removed(tmp_path, capsys):
     _drop_stale_fractions(tmp_path, [1.0, 0.1])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f0.1", "f1.0", "fnotes"]
     assert "f0.5: removed" in capsys.readouterr().err
+
+
+def test_cli_errors_are_one_line_naming_the_file(tmp_path):
+    """A missing input is a one-line error (exit 2), also through ``python -m pipeline.cli``."""
+    import subprocess
+    import sys
+
+    argv = ["train", "--model", "vae", "--dataset", "mnist", "--data", str(tmp_path / "none")]
+    argv += ["--out", str(tmp_path / "run")]
+    for cmd in (["gvae"], [sys.executable, "-m", "pipeline.cli"]):
+        proc = subprocess.run(
+            [*cmd, *argv], cwd=REPO, capture_output=True, text=True, timeout=120, check=False
+        )
+        assert proc.returncode == 2, proc.stderr
+        missing = tmp_path / "none" / "data.npz"
+        expected = f"gvae train: error: {missing}: not found (run `gvae mnist` first)"
+        assert proc.stderr.strip().splitlines() == [expected]
+    assert not (tmp_path / "run").exists()  # nothing half-written
