@@ -41,6 +41,7 @@ from pipeline.io.atomic import atomic_path
 
 CHECKPOINT = "checkpoint.pt"
 LOSSES = "losses.csv"
+CRITIC_PREFIX = "critic_"  # the loss log's columns of a critic's terms
 # Settings that change the trajectory; a resume must not change them.
 _RESUME_KEYS = (
     "seed",
@@ -357,7 +358,7 @@ def train(
                     cfg,
                     amp,
                     step,
-                    "critic_",
+                    CRITIC_PREFIX,
                     ctx,
                 )
                 model.after_critic_step()  # e.g. WGAN's weight clipping

@@ -12,7 +12,7 @@ import csv
 import math
 from pathlib import Path
 
-CRITIC_PREFIX = "critic_"  # the trainer logs a critic's terms with this prefix
+from models.trainer import CRITIC_PREFIX, LOSSES
 
 
 def stability_summary(per_model: dict[str, list[tuple[int, dict]]]) -> dict:
@@ -46,7 +46,7 @@ def adversarial_curves(runs: Path, per_model: dict[str, list[tuple[int, dict]]])
 
     out = {}
     for name, seeds in per_model.items():
-        path = runs / name / seed_dirname(seeds[0][0]) / "losses.csv"
+        path = runs / name / seed_dirname(seeds[0][0]) / LOSSES
         if path.is_file():
             losses = read_losses(path)
             if any(k.startswith(CRITIC_PREFIX) for k in losses):
@@ -86,14 +86,14 @@ def stability_figure(
         ax.legend(fontsize=6, ncol=2)
     ax = flat[len(curves)]
     drawn = 0
-    for name, seeds in per_model.items():
+    for k, (name, seeds) in enumerate(per_model.items()):
         for seed, metrics in seeds:
             stab = metrics.get("stability")
             if not stab:
                 continue
             marker = "x" if stab["collapsed"] else "o"
-            label = f"{name}" if seed == seeds[0][0] else None
-            color = f"C{list(per_model).index(name) % 10}"
+            label = name if seed == seeds[0][0] else None
+            color = f"C{k % 10}"
             ax.plot(
                 stab["steps"],
                 stab["class_entropy_norm"],

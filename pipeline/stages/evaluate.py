@@ -106,18 +106,19 @@ def run(
         if samples_dir is None:
             raise ValueError("--samples is required unless --reference is given")
         gen = torch.as_tensor(np.load(samples_dir / "samples.npz")["images"])
-        result = {"model": run_dir.name if run_dir else samples_dir.name}
+        # Without a run folder only the samples folder names the model; with one, the
+        # checkpoint does (run folders are named by their seed: s0, s1, ...).
+        result = {"model": samples_dir.name}
     result.update({"dataset": dataset, "n_samples": int(len(gen))})
     result.update(_generated_metrics(gen, real, params, clf))
     if run_dir is not None and not reference:
         from models.trainer import load_checkpoint
 
         model = load_checkpoint(run_dir / "checkpoint.pt")
-        result["model"] = model.name  # the run folder is named by its seed (s0, s1, ...)
+        result["model"] = model.name
         result["has_encoder"] = bool(model.has_encoder)
         if model.has_encoder:
             result.update(_encoder_metrics(model, real, params))
-    if run_dir is not None and not reference:
         result["stability"] = stability(run_dir, clf, params)
     result["classifier_test_accuracy"] = _classifier_accuracy(clf_dir)
     result["seconds"] = round(time.perf_counter() - t0, 2)
