@@ -12,8 +12,9 @@ series and every skipped series and file with the reason. For each case this wri
 atomically, plus ``<out>/manifest.json``. A bad case becomes an "error" row naming the file and
 the problem and never stops the others.
 
-Labels are placed on the CT grid by physical geometry (``pipeline/io/label_geometry.py``), so a
-label re-saved in another voxel order, cropped or resampled lands on the same anatomy. TCIA's
+Labels are placed on the CT grid by physical geometry (``pipeline/io/label_geometry.py``; the
+checks are ``pipeline/cohort/label_checks.py``), so a label re-saved in another voxel order,
+cropped or resampled lands on the same anatomy. TCIA's
 own labels carry the DICOM geometry: on PANCREAS_0001 the label's sform and qform equal the
 affine ``read_series`` builds (diag(-0.859375, 0.859375, -1), origin 0; instance k+1 at
 ImagePositionPatient (0, 0, -k) with orientation (1,0,0,0,-1,0)), so placing it by its affine
@@ -47,12 +48,12 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.cli import StageError
+from pipeline.cohort.label_checks import implausible_hu, label_hu_stats, label_on_ct
 from pipeline.config import IngestParams, load_section, with_overrides
 from pipeline.io.atomic import atomic_dir, ensure_writable_dir, write_json
 from pipeline.io.dicom_read import SeriesMeta, list_files, read_series
-from pipeline.io.label_dicom import ct_grid, dicom_labels_in, read_dicom_label
-from pipeline.io.label_geometry import place_label
-from pipeline.io.nifti import NIFTI_SUFFIXES, align_label, load_label, write_nifti
+from pipeline.io.label_dicom import dicom_labels_in
+from pipeline.io.nifti import write_nifti
 
 MANIFEST = "manifest.json"
 IMAGE_FILE = "image.nii.gz"
@@ -135,28 +136,6 @@ def error_row(case_id: str, case_out: Path, exc: BaseException, digest: str | No
     return manifest_row(case_id, status="error", error=message, source_sha256=digest)
 
 
-def place_by_affine(
-    label: np.ndarray,
-    label_affine: np.ndarray,
-    shape: tuple,
-    affine: np.ndarray,
-    params: IngestParams,
-    label_file: Path,
-) -> tuple[np.ndarray, str]:
-    """``place_label`` with the params' tolerances; its errors name ``label_file``."""
-    try:
-        return place_label(
-            label,
-            label_affine,
-            shape,
-            affine,
-            params.label_grid_tolerance_mm,
-            params.label_outside_tolerance_mm,
-        )
-    except ValueError as exc:
-        raise ValueError(f"{label_file}: {exc}") from exc
-
-
 def series_record(meta: SeriesMeta) -> dict[str, Any]:
     """Return the manifest fields on the chosen series, the skipped series and skipped files."""
     return {
@@ -169,69 +148,6 @@ def series_record(meta: SeriesMeta) -> dict[str, Any]:
         "skipped_series": list(meta.skipped_series),
         "skipped_files": list(meta.skipped_files),
     }
-
-
-# ----------------------------------------------------------------------------- label checks
-def align_to_ct(
-    label: np.ndarray,
-    label_affine: np.ndarray,
-    affine: np.ndarray,
-    meta: SeriesMeta,
-    params: IngestParams,
-    label_file: Path,
-) -> tuple[np.ndarray, str]:
-    """Return ``(label on the CT grid of meta.shape and affine, placement)`` by the rule
-    ``params.label_geometry`` names: "exact" or "nearest" by the label's affine, or "instance"
-    by InstanceNumber. Errors name ``label_file``."""
-    if params.label_geometry == "affine":
-        return place_by_affine(label, label_affine, meta.shape, affine, params, label_file)
-    try:
-        return align_label(label, meta.instance_numbers, meta.shape), "instance"
-    except ValueError as exc:
-        raise ValueError(f"{label_file}: {exc}") from exc
-
-
-def label_hu_stats(hu: np.ndarray, label: np.ndarray) -> tuple[float, float]:
-    """Return (mean, population sd) of the HU under the non-zero label voxels."""
-    # Both volumes are Fortran-ordered (NIfTI's order); a C-order mask walk over them strides
-    # through memory and takes ~1.7 s for 512x512x240 instead of ~0.1 s.
-    values = np.ravel(hu, order="F")[np.ravel(label, order="F") > 0].astype(np.float64)
-    return float(values.mean()), float(values.std())
-
-
-def implausible_hu(mean: float, sd: float, params: IngestParams) -> str | None:
-    """Return why HU inside a label are not soft tissue, or ``None`` if they are.
-
-    Both figures count: on the real patient flipping the label keeps the mean at 86-96 HU but
-    raises the sd to 53-72, transposing it keeps the mean (102.8) at sd 155 (data README).
-    """
-    low, high = params.label_hu_mean_min, params.label_hu_mean_max
-    if low <= mean <= high and sd <= params.label_hu_sd_max:
-        return None
-    return (
-        f"HU inside the label are {mean:.1f} +/- {sd:.1f}, not soft tissue (expected mean "
-        f"{low:g}..{high:g}, sd <= {params.label_hu_sd_max:g}): is the label misaligned?"
-    )
-
-
-def label_on_ct(
-    label_file: Path, affine: np.ndarray, meta: SeriesMeta, params: IngestParams
-) -> tuple[np.ndarray, str]:
-    """Return ``(label on the CT grid, placement)``: a NIfTI label by ``align_to_ct``, anything
-    else as a DICOM SEG / RTSTRUCT (``pipeline/io/label_dicom.py``), which carries its own
-    geometry and references and is always placed by them. Errors name ``label_file``."""
-    if not label_file.name.lower().endswith(NIFTI_SUFFIXES):
-        return read_dicom_label(
-            label_file,
-            ct_grid(affine, meta),
-            params.roi_pattern,
-            params.label_grid_tolerance_mm,
-            params.label_outside_tolerance_mm,
-        )
-    raw_label, label_affine = load_label(label_file)
-    if not raw_label.any():
-        raise ValueError(f"{label_file}: label has no non-zero voxels")
-    return align_to_ct(raw_label, label_affine, affine, meta, params, label_file)
 
 
 def check_and_write(

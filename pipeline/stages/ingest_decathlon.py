@@ -25,6 +25,7 @@ from pipeline.cohort.decathlon import (
     pancreas_mask,
     read_hu_volume,
 )
+from pipeline.cohort.label_checks import place_by_affine
 from pipeline.config import IngestParams
 from pipeline.io.atomic import ensure_writable_dir
 from pipeline.io.nifti import load_label
@@ -32,7 +33,6 @@ from pipeline.stages.ingest import (
     check_and_write,
     error_row,
     manifest_row,
-    place_by_affine,
     run_jobs,
     source_sha256,
 )
