@@ -138,8 +138,9 @@ def ms_ssim_diversity(
 
 
 def _entropy(p: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    # 0 log 0 = 0: xlogy returns 0 where p == 0.
-    return -torch.special.xlogy(p, p).sum(dim)
+    # 0 log 0 = 0: xlogy returns 0 where p == 0. ``0 - sum`` rather than ``-sum``: a one-class
+    # histogram then gives +0.0, not the -0.0 that JSON would print.
+    return 0.0 - torch.special.xlogy(p, p).sum(dim)
 
 
 def mode_coverage(probs: torch.Tensor) -> dict:

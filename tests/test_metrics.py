@@ -112,6 +112,9 @@ def test_mode_coverage_single_class_and_balanced():
     assert single["class_entropy"] == pytest.approx(0.0, abs=1e-12)
     assert single["mean_image_entropy"] == pytest.approx(0.0, abs=1e-12)
     assert single["histogram"][3] == 30 and single["modes_covered"] == 1
+    # +0.0, not -0.0: the figure goes into JSON files that people read.
+    assert math.copysign(1.0, single["class_entropy"]) == 1.0
+    assert math.copysign(1.0, single["mean_image_entropy"]) == 1.0
 
     balanced = torch.nn.functional.one_hot(torch.arange(100) % 10, 10).float()
     out = mode_coverage(balanced)
