@@ -72,6 +72,24 @@ def test_thin_axial_series_is_chosen(hospital, real_data_dir, tmp_path):
     assert "choice rule" in reasons[THICK_UID]["reason"]
     assert reasons[THICK_UID]["slices"] == 120 and reasons[THICK_UID]["slice_step_mm"] == 2.0
     assert int(np.count_nonzero(hu != thin_hu)) == 0  # voxel for voxel the plain read
+    # A localizer and a thicker reconstruction are what they are, not defects.
+    assert row["warning"] is None and not any("defect" in s for s in row["skipped_series"])
+
+
+def test_broken_thin_series_loses_with_a_warning(real_data_dir, tmp_path):
+    """A thin series with one slice missing is skipped as a defect; the intact thick series is
+    read, and the manifest row warns, naming the broken series and its gap."""
+    files = real_series_files(real_data_dir)
+    folder = tmp_path / "images" / CASE / "study"
+    link_files(files[:101] + files[102:], folder)  # instance 102 lost in the export
+    rewrite(files[::2], folder, _thick, THICK_UID, prefix="thick")
+    thin_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
+    row, _ = _ingest(tmp_path / "images", real_data_dir, tmp_path / "out")
+    assert row["series"]["uid"] == THICK_UID
+    (broken,) = row["skipped_series"]
+    assert broken["uid"] == thin_uid and broken["defect"] is True and broken["slices"] == 239
+    assert row["warning"].startswith(f"{folder.parent}: broken series skipped, volume read from")
+    assert thin_uid in row["warning"] and broken["reason"] in row["warning"]
 
 
 def test_sagittal_non_localizer_is_skipped_as_not_axial(real_data_dir, tmp_path):

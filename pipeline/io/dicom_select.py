@@ -12,6 +12,10 @@ C.7.3.1), never by folder, and each series is either a candidate or skipped with
 - missing geometry attributes, inconsistent matrix / spacing / orientation, duplicate positions,
   a missing slice, a non-uniform step or gantry tilt (``order_slices``).
 
+The last kind are *defects* (``SeriesSummary.defect``): an axial CT series that should have been
+a volume and is broken. The manifest flags them, because a defective thin reconstruction loses
+the choice to an intact thick one without anything else going wrong.
+
 Choice rule among the candidates (after the optional overrides, a SeriesInstanceUID or a
 SeriesDescription regex): the thinnest slice step (to 0.01 mm), then the most slices, then the
 lowest SeriesNumber, then the lowest SeriesInstanceUID as text, so the choice never depends on
@@ -52,6 +56,7 @@ class SeriesSummary:
     files: tuple[Path, ...]
     step_mm: float | None  # slice step along the normal; None when not a usable volume
     reason: str | None  # why it was skipped; None for a candidate
+    defect: bool = False  # skipped as a broken axial CT volume (geometry), not for what it is
 
     def record(self) -> dict:
         """Return the manifest entry of this series (JSON-ready)."""
@@ -60,6 +65,8 @@ class SeriesSummary:
             entry["slice_step_mm"] = round(self.step_mm, 6)
         if self.reason is not None:
             entry["reason"] = self.reason
+        if self.defect:
+            entry["defect"] = True
         return entry
 
 
@@ -81,58 +88,61 @@ def _plane_reason(normal: np.ndarray) -> str | None:
 
 def _enhanced_reason(
     items: list[tuple[Path, Dataset]], tolerance: float
-) -> tuple[str | None, float | None]:
+) -> tuple[str | None, float | None, bool]:
     """``skip_reason`` for a series holding an enhanced multi-frame image."""
     if len(items) > 1:
-        return f"a multi-frame image with {len(items) - 1} other file(s) in one series", None
+        return f"a multi-frame image with {len(items) - 1} other file(s) in one series", None, True
     path, ds = items[0]
     try:
         orientation, _, _ = frame_geometry(path, ds)
         plane = _plane_reason(slice_normal(orientation))
         if plane is not None:
-            return plane, None
-        return None, frame_step(path, ds, tolerance)
+            return plane, None, False
+        return None, frame_step(path, ds, tolerance), False
     except ValueError as exc:
-        return str(exc), None
+        return str(exc), None, True
 
 
-def skip_reason(headers: dict[Path, Dataset], tolerance: float) -> tuple[str | None, float | None]:
-    """Return (why this one series is not an axial CT volume or None, slice step or None).
+def skip_reason(
+    headers: dict[Path, Dataset], tolerance: float
+) -> tuple[str | None, float | None, bool]:
+    """Return (why this one series is not an axial CT volume or None, slice step or None,
+    whether that reason is a defect of a would-be volume).
 
     ``headers`` are the files of one series; see the module docstring for the reasons.
     """
     items = list(headers.items())
     modalities = {str(ds.get("Modality", "")).upper() for _, ds in items}
     if "CT" not in modalities:
-        return f"Modality {', '.join(sorted(modalities)) or 'missing'}, not CT", None
+        return f"Modality {', '.join(sorted(modalities)) or 'missing'}, not CT", None, False
     for path, ds in items:
         value = ds.get("ImageType") or []
         image_type = [str(v).upper() for v in ([value] if isinstance(value, str) else value)]
         if "LOCALIZER" in image_type:
             shown = "\\".join(image_type)
-            return f"localizer (ImageType {shown}, {path.name})", None
+            return f"localizer (ImageType {shown}, {path.name})", None, False
     if any(is_enhanced(ds) for _, ds in items):
         return _enhanced_reason(items, tolerance)
     for path, ds in items:
         missing = [kw for kw in REQUIRED if kw not in ds or ds[kw].VM == 0]
         if missing:
-            return f"{path}: missing required attribute(s) {', '.join(missing)}", None
+            return f"{path}: missing required attribute(s) {', '.join(missing)}", None, True
     if len(items) < 2:
-        return f"a single image ({items[0][0].name}), not a volume", None
+        return f"a single image ({items[0][0].name}), not a volume", None, False
     try:
         check_consistent(headers)
         normal = slice_normal(items[0][1].ImageOrientationPatient)
     except ValueError as exc:
-        return str(exc), None
+        return str(exc), None, True
     plane = _plane_reason(normal)
     if plane is not None:
-        return plane, None
+        return plane, None, False
     positions = np.array([[float(v) for v in ds.ImagePositionPatient] for _, ds in items])
     try:
         _, step = order_slices(positions, normal, [str(p) for p, _ in items], tolerance)
     except SeriesError as exc:
-        return str(exc), None
-    return None, float(step)
+        return str(exc), None, True
+    return None, float(step), False
 
 
 def summarize(headers: dict[Path, Dataset], tolerance: float) -> list[SeriesSummary]:
@@ -142,7 +152,7 @@ def summarize(headers: dict[Path, Dataset], tolerance: float) -> list[SeriesSumm
     for uid in sorted(groups):
         group = {path: headers[path] for path in groups[uid]}
         first = group[groups[uid][0]]
-        reason, step = skip_reason(group, tolerance)
+        reason, step, defect = skip_reason(group, tolerance)
         out.append(
             SeriesSummary(
                 uid=uid,
@@ -151,6 +161,7 @@ def summarize(headers: dict[Path, Dataset], tolerance: float) -> list[SeriesSumm
                 files=tuple(group),
                 step_mm=step,
                 reason=reason,
+                defect=defect,
             )
         )
     return out

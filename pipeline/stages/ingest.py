@@ -136,6 +136,22 @@ def error_row(case_id: str, case_out: Path, exc: BaseException, digest: str | No
     return manifest_row(case_id, status="error", error=message, source_sha256=digest)
 
 
+def defect_warning(case_dir: Path, meta: SeriesMeta) -> str | None:
+    """Return a warning naming every broken axial CT series skipped in ``case_dir`` (a missing
+    slice, duplicate positions, inconsistent geometry; ``dicom_select``'s defects), or ``None``.
+
+    The volume still comes from an intact series, but a user who exported a thin reconstruction
+    must learn that the thick one was read instead.
+    """
+    broken = [s for s in meta.skipped_series if s.get("defect")]
+    if not broken:
+        return None
+    listed = "; ".join(
+        f"{s['uid']} ('{s['description']}', {s['slices']} files): {s['reason']}" for s in broken
+    )
+    return f"{case_dir}: broken series skipped, volume read from {meta.series_uid}: {listed}"
+
+
 def series_record(meta: SeriesMeta) -> dict[str, Any]:
     """Return the manifest fields on the chosen series, the skipped series and skipped files."""
     return {
@@ -204,6 +220,8 @@ def ingest_case(case_dir: Path, labels_dir: Path, out_dir: Path, params: IngestP
         )
         label, placement = label_on_ct(label_file, affine, meta, params)
         checks = check_and_write(out_dir / case_id, hu, affine, label, label_file, params)
+        warnings = [w for w in (defect_warning(case_dir, meta), checks["warning"]) if w]
+        checks["warning"] = "; ".join(warnings) or None
     except Exception as exc:  # noqa: BLE001 - any bad input must not stop the other cases
         return error_row(case_id, out_dir / case_id, exc, digest)
     return manifest_row(
