@@ -45,6 +45,12 @@ class MemorizationParams(Frozen):
     # only ~5 % of its samples to the export's refusal.
     quantile: float = Field(0.05, gt=0, le=0.5, description="quantile of test-to-train distances")
     downsample: int = Field(2, ge=1, description="average-pool factor before the L2 distance")
+    # Carlini et al. 2023 (Sec. 5.1): alpha = 0.5 over n = 50 neighbours. A copy sits far closer
+    # to its source than to the next slices; a blurred average does not, and passes.
+    ratio: float = Field(
+        0.5, gt=0, le=1, description="flag only if d1 <= ratio * mean(d1..dn); 1: off"
+    )
+    neighbours: int = Field(50, ge=1, description="n of that mean: nearest training slices")
 
 
 class QualityParams(Frozen):

@@ -5,8 +5,10 @@ anatomy into a PACS under a synthetic label. The gate reuses the memorization ch
 ``gvae ct-quality`` (``pipeline.augment.memorization``): the threshold is the ``quantile`` of
 the distances from unseen real slices (other patients: the test split, or the validation split
 when there is no test split) to their nearest training slice, and a synthetic slice at or below
-it is a near-copy. Flagged slices are refused (skipped, with a message naming each) unless the
-user allows them explicitly; they are then exported and marked in the receipt.
+it is a near-copy when also far closer to that slice than to the next training slices (the
+relative test, ``MemorizationParams.ratio``). Flagged slices are refused (skipped, with a
+message naming each) unless the user allows them explicitly; they are then exported and marked
+in the receipt.
 
 ``check_reference`` and ``select_slices`` are pure; ``near_copy_gate`` only computes.
 """
@@ -18,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.params_quality import MemorizationParams
+
 
 @dataclass(frozen=True)
 class GateResult:
@@ -27,6 +31,7 @@ class GateResult:
     calibration: str  # the split whose real slices set the threshold ("test" or "val")
     flags: np.ndarray  # bool (M,)
     distances: np.ndarray  # float (M,)
+    relative: np.ndarray  # float (M,): d1 / mean distance to the nearest training slices
     nn_index: np.ndarray  # int (M,), into the training slices
 
 
@@ -72,14 +77,14 @@ def near_copy_gate(
     synthetic: np.ndarray,
     train: np.ndarray,
     unseen: dict[str, np.ndarray],
-    quantile: float,
-    downsample: int,
+    memo: MemorizationParams,
     batch_size: int,
 ) -> GateResult:
     """Flag near-copies among ``synthetic`` (M, 1, S, S) against the ``train`` slices.
 
     ``unseen`` maps split names to real slices of patients the generator never saw; the
-    first non-empty of ``test`` then ``val`` calibrates the threshold. ``ValueError`` when
+    first non-empty of ``test`` then ``val`` calibrates the threshold; ``memo`` holds the
+    check's settings (quantile, downsample, ratio, neighbours). ``ValueError`` when
     there is no training slice or no unseen real slice to calibrate with.
     """
     from pipeline.augment.memorization import find_near_copies, near_copy_threshold
@@ -92,13 +97,17 @@ def near_copy_gate(
             "no real test or val slices to calibrate the near-copy threshold with (it is a "
             "quantile of unseen real slices' distances to the training slices)"
         )
-    threshold = near_copy_threshold(unseen[split], train, quantile, batch_size, downsample)
-    found = find_near_copies(synthetic, train, threshold, batch_size, downsample)
+    q, down = memo.quantile, memo.downsample
+    threshold = near_copy_threshold(unseen[split], train, q, batch_size, down)
+    found = find_near_copies(
+        synthetic, train, threshold, batch_size, down, memo.ratio, memo.neighbours
+    )
     return GateResult(
         threshold=float(found["threshold"]),
         calibration=split,
         flags=np.asarray(found["flags"], bool),
         distances=np.asarray(found["distances"], float),
+        relative=np.asarray(found["relative"], float),
         nn_index=np.asarray(found["nn_index"], int),
     )
 

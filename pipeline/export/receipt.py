@@ -37,7 +37,14 @@ def gate_record(
     def entries(indices: list[int]) -> list[dict[str, Any]]:
         if gate is None:
             return []
-        return [{"draw": int(draws[i]), "distance": float(gate.distances[i])} for i in indices]
+        return [
+            {
+                "draw": int(draws[i]),
+                "distance": float(gate.distances[i]),
+                "relative_distance": float(gate.relative[i]),
+            }
+            for i in indices
+        ]
 
     return {
         "ran": gate is not None,
@@ -45,6 +52,8 @@ def gate_record(
         "allow_near_copies": allow,
         "quantile": memo.quantile,
         "downsample": memo.downsample,
+        "ratio": memo.ratio,
+        "neighbours": memo.neighbours,
         "threshold": None if gate is None else gate.threshold,
         "calibrated_on": None if gate is None else f"real {gate.calibration} split",
         "refused": entries(selection.refused),

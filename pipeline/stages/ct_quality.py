@@ -93,6 +93,7 @@ def _memorization_record(mem: dict, meta: dict, train_meta: dict, params, name: 
             "case_id": str(meta["case_id"][i]),
             "slice_index": int(meta["slice_index"][i]),
             "distance": float(mem["distances"][i]),
+            "relative_distance": float(mem["relative"][i]),
             "near_copy": bool(mem["flags"][i]),
             "nn_train_case": str(train_meta["case_id"][mem["nn_index"][i]]),
             "nn_train_slice": int(train_meta["slice_index"][mem["nn_index"][i]]),
@@ -104,6 +105,8 @@ def _memorization_record(mem: dict, meta: dict, train_meta: dict, params, name: 
         "quantile": params.memorization.quantile,
         "downsample": params.memorization.downsample,
         "threshold": mem["threshold"],
+        "ratio": mem["ratio"],
+        "neighbours": mem["neighbours"],
         "share": mem["share"],
         "n_flagged": int(mem["flags"].sum()),
         "samples": samples,
@@ -152,7 +155,9 @@ def run(
         test[0], train[0], m.quantile, params.batch_size, m.downsample
     )
     scored = test if reference else other  # the reference scores the real test slices (chance)
-    mem = mem_.find_near_copies(scored[0], train[0], threshold, params.batch_size, m.downsample)
+    mem = mem_.find_near_copies(
+        scored[0], train[0], threshold, params.batch_size, m.downsample, m.ratio, m.neighbours
+    )
 
     ti = _subset(len(test[0]), params.n_samples, params.seed)
     oi = _subset(len(other[0]), params.n_samples, params.seed + 1)

@@ -98,7 +98,7 @@ def _gate(params: ExportParams, images, meta, index, slices_dir: Path | None, al
     unseen = {s: load_slices(slices_dir, s)[0] for s in ("test", "val") if s in _splits(slices_dir)}
     m = params.memorization
     try:
-        gate = near_copy_gate(images, train[0], unseen, m.quantile, m.downsample, params.batch_size)
+        gate = near_copy_gate(images, train[0], unseen, m, params.batch_size)
     except ValueError as exc:
         if not allow:
             raise StageError(
