@@ -18,6 +18,10 @@ and the same per dimension for log q(z_d). That is the log-density of the batch'
 constants: TC (D - 1) log N higher, MI log N higher, dimension-wise KL D log N lower (D the
 latent size). The constants cancel in the sum (still exactly E[log q(z|x) - log p(z)]) and
 none depends on the parameters: N moves the logged terms, never the gradients.
+
+Under data-parallel training (torchrun) each process estimates from its own shard of the batch,
+so M is the per-process batch: still the MWS estimator, with the higher variance of a smaller
+M. Gathering z, mu and logvar across processes would restore the full batch; not done here.
 """
 
 from __future__ import annotations
