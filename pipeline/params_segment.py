@@ -104,6 +104,10 @@ class SegmentParams(Frozen):
     # 600 steps at 64 px on two idle CPU cores: 24 s with 2 threads, 34 s with 1 (the
     # augmentation itself always runs on one thread, see pipeline.augment.segment).
     threads: int | None = Field(2, ge=1, description="torch CPU threads; null = all")
+    # Runs of the grid at once, each in its own process with `threads` threads. On two cores
+    # two 1-thread runs finish more work than one 2-thread run (34 s each vs 24 s, above); the
+    # results do not depend on it (each run is seeded), only on `threads`.
+    workers: int = Field(1, ge=1, description="processes running grid runs at once")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     eval_batch_size: int = Field(64, ge=1)
     n_boot: int = Field(10000, ge=100, description="bootstrap resamples of every CI")

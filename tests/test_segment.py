@@ -26,7 +26,7 @@ from pipeline.augment.experiment import (
     synthetic_folder,
     training_subset,
 )
-from pipeline.augment.grid import run_experiment
+from pipeline.augment.grid import run_experiment, run_parallel
 from pipeline.augment.segment import (
     augment_batch,
     classical_augmentation,
@@ -292,6 +292,31 @@ def test_tiny_grid_writes_everything_and_resumes(tmp_path, folders):
     assert (
         run_experiment(changed, real, out, {("gvae", None): syn}, resume=True)["executed"] == 4
     )  # a different setting invalidates the old runs
+
+
+def test_worker_processes_write_what_a_serial_grid_writes(tmp_path, folders):
+    """segment.workers spreads the runs over processes; each run is seeded, so every run JSON
+    (its time aside) and every table row equal the serial grid's."""
+    real, syn = folders
+    synthetic = {("gvae", None): syn}
+    serial = run_experiment(SegmentParams(**TINY), real, tmp_path / "serial", synthetic, log=print)
+    two = SegmentParams(**{**TINY, "workers": 2})
+    par = run_parallel(two, real, tmp_path / "par", synthetic, log=print)
+    assert (par["runs"], par["executed"], par["missing"]) == (4, 4, 0)
+    untimed = [
+        [{k: v for k, v in r.items() if k != "seconds"} for r in x["rows"]] for x in (par, serial)
+    ]
+    assert untimed[0] == untimed[1]
+    names = sorted(p.name for p in (tmp_path / "serial" / "runs").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "par" / "runs").iterdir())
+    for name in names:
+        a, b = (json.loads((tmp_path / d / "runs" / name).read_text()) for d in ("serial", "par"))
+        for record in (a, b):
+            del record["seconds"], record["train_seconds"]
+        assert a == b
+    # The worker count is not a setting of the runs: a serial resume keeps all four.
+    again = run_experiment(SegmentParams(**TINY), real, tmp_path / "par", synthetic, resume=True)
+    assert again["executed"] == 0
 
 
 def test_stage_cli_with_per_fraction_folders(tmp_path, folders, capsys):

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import shutil
 import time
 from collections.abc import Mapping
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -57,13 +59,14 @@ def fingerprint(params: SegmentParams, data: Dataset, syn_index: Mapping | None)
 
     Covers the params that shape training, the real slices' ``index.json`` and the synthetic
     folder's (their split lists, shard lists and generator source). Threads stay in (the float
-    summation order, hence the weights, depends on them); grid lists and statistics are left
-    out, so adding a seed or a condition does not invalidate the runs already done.
+    summation order, hence the weights, depends on them); grid lists, statistics and the number
+    of worker processes are left out, so adding a seed or a condition does not invalidate the
+    runs already done.
     """
     keep = params.model_dump(
         mode="json",
         exclude={"conditions", "models", "fractions", "seeds", "n_boot", "alpha",
-                 "boot_seed", "eval_batch_size"},
+                 "boot_seed", "eval_batch_size", "workers"},
     )  # fmt: skip
     blob = {
         "params": keep,
@@ -254,3 +257,36 @@ def run_experiment(
         "rows": rows,
         "out": str(out_dir),
     }
+
+
+def run_parallel(
+    params: SegmentParams,
+    slices_dir: str | Path,
+    out_dir: str | Path,
+    synthetic: Mapping[tuple[str, float | None], Path] | None = None,
+    resume: bool = False,
+    log=print,
+) -> dict:
+    """``run_experiment`` over ``params.workers`` processes, then one call that writes the tables.
+
+    Worker i runs the shard ``(i, workers)`` with ``params.threads`` threads; the runs are
+    independent and seeded, so every run's JSON is the one a serial grid writes (a run's numbers
+    depend on its thread count, never on which process ran it). Without ``resume`` earlier
+    runs are removed first, as in ``run_experiment``. The returned summary is the aggregate
+    call's, with ``executed`` summed over the workers. One worker: ``run_experiment`` itself.
+    """
+    if params.workers == 1:
+        return run_experiment(params, slices_dir, out_dir, synthetic, resume, log)
+    if not resume:
+        shutil.rmtree(ensure_writable_dir(Path(out_dir)) / "runs", ignore_errors=True)
+    # spawn, not fork: a forked child inherits torch's thread pool state and can deadlock.
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(params.workers, mp_context=ctx) as pool:
+        n = params.workers
+        shards = [
+            pool.submit(run_experiment, params, slices_dir, out_dir, synthetic, True, print, (i, n))
+            for i in range(n)
+        ]
+        executed = sum(job.result()["executed"] for job in shards)
+    summary = run_experiment(params, slices_dir, out_dir, synthetic, True, log, aggregate_only=True)
+    return {**summary, "executed": executed}
