@@ -105,8 +105,9 @@ class SegmentParams(Frozen):
     # augmentation itself always runs on one thread, see pipeline.augment.segment).
     threads: int | None = Field(2, ge=1, description="torch CPU threads; null = all")
     # Runs of the grid at once, each in its own process with `threads` threads. On two cores
-    # two 1-thread runs finish more work than one 2-thread run (34 s each vs 24 s, above); the
-    # results do not depend on it (each run is seeded), only on `threads`.
+    # 2 x 1 thread beat 1 x 2 threads: 6 runs of 200 steps at 64 px with the `full` UNet took
+    # 67 s against 87 s, process start-up included. Results depend on `threads`, never on this
+    # (each run is seeded).
     workers: int = Field(1, ge=1, description="processes running grid runs at once")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     eval_batch_size: int = Field(64, ge=1)
