@@ -26,7 +26,7 @@ from pipeline.augment.experiment import (
     synthetic_folder,
     training_subset,
 )
-from pipeline.augment.grid import run_experiment, run_parallel
+from pipeline.augment.grid import run_experiment
 from pipeline.augment.segment import (
     augment_batch,
     classical_augmentation,
@@ -301,7 +301,7 @@ def test_worker_processes_write_what_a_serial_grid_writes(tmp_path, folders):
     synthetic = {("gvae", None): syn}
     serial = run_experiment(SegmentParams(**TINY), real, tmp_path / "serial", synthetic, log=print)
     two = SegmentParams(**{**TINY, "workers": 2})
-    par = run_parallel(two, real, tmp_path / "par", synthetic, log=print)
+    par = run_experiment(two, real, tmp_path / "par", synthetic, log=print)
     assert (par["runs"], par["executed"], par["missing"]) == (4, 4, 0)
     untimed = [
         [{k: v for k, v in r.items() if k != "seconds"} for r in x["rows"]] for x in (par, serial)

@@ -187,6 +187,28 @@ def _trained_on(index: Mapping) -> list[str]:
     return [str(c) for c in cases] if isinstance(cases, list) else []
 
 
+def _run_in_workers(
+    params: SegmentParams,
+    slices_dir: str | Path,
+    out_dir: str | Path,
+    synthetic: Mapping[tuple[str, float | None], Path] | None,
+) -> int:
+    """Run the grid's shards ``(i, params.workers)`` in as many processes, each resuming what
+    is already there with ``params.threads`` threads; return how many runs they executed.
+
+    The runs are independent and seeded, so every run's JSON is the one a serial grid writes
+    (a run's numbers depend on its thread count, never on which process ran it).
+    """
+    n = params.workers
+    # spawn, not fork: a forked child inherits torch's thread pool state and can deadlock.
+    with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")) as pool:
+        shards = [
+            pool.submit(run_experiment, params, slices_dir, out_dir, synthetic, True, print, (i, n))
+            for i in range(n)
+        ]
+        return sum(job.result()["executed"] for job in shards)
+
+
 def run_experiment(
     params: SegmentParams,
     slices_dir: str | Path,
@@ -203,8 +225,10 @@ def run_experiment(
     Without it, earlier run JSONs in ``out_dir/runs`` are removed first. ``shard=(i, n)`` runs
     only the planned runs at positions ``i, i + n, ...`` and writes no tables (several workers
     share one GPU or machine, then one ``aggregate_only`` call writes the tables from every
-    finished run without running the missing ones). Returns a summary with ``runs`` (planned),
-    ``executed``, ``missing`` and the aggregated ``rows`` (empty for a shard).
+    finished run without running the missing ones). With ``params.workers`` > 1 (and no shard)
+    the runs go to that many processes, one shard each, once the inputs have been checked here;
+    this call then reads their JSONs and writes the tables. Returns a summary with ``runs``
+    (planned), ``executed``, ``missing`` and the aggregated ``rows`` (empty for a shard).
     """
     from pipeline.augment.results import write_results
 
@@ -218,6 +242,9 @@ def run_experiment(
     runs_dir.mkdir(exist_ok=True)
     records: list[dict] = []
     executed = missing = 0
+    if params.workers > 1 and shard is None and not aggregate_only:
+        executed = _run_in_workers(params, slices_dir, out_dir, synthetic)
+        resume = aggregate_only = True  # below: read what the workers wrote, run nothing
     for position, spec in enumerate(plan_runs(params)):
         if shard is not None and position % shard[1] != shard[0]:
             continue
@@ -257,36 +284,3 @@ def run_experiment(
         "rows": rows,
         "out": str(out_dir),
     }
-
-
-def run_parallel(
-    params: SegmentParams,
-    slices_dir: str | Path,
-    out_dir: str | Path,
-    synthetic: Mapping[tuple[str, float | None], Path] | None = None,
-    resume: bool = False,
-    log=print,
-) -> dict:
-    """``run_experiment`` over ``params.workers`` processes, then one call that writes the tables.
-
-    Worker i runs the shard ``(i, workers)`` with ``params.threads`` threads; the runs are
-    independent and seeded, so every run's JSON is the one a serial grid writes (a run's numbers
-    depend on its thread count, never on which process ran it). Without ``resume`` earlier
-    runs are removed first, as in ``run_experiment``. The returned summary is the aggregate
-    call's, with ``executed`` summed over the workers. One worker: ``run_experiment`` itself.
-    """
-    if params.workers == 1:
-        return run_experiment(params, slices_dir, out_dir, synthetic, resume, log)
-    if not resume:
-        shutil.rmtree(ensure_writable_dir(Path(out_dir)) / "runs", ignore_errors=True)
-    # spawn, not fork: a forked child inherits torch's thread pool state and can deadlock.
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(params.workers, mp_context=ctx) as pool:
-        n = params.workers
-        shards = [
-            pool.submit(run_experiment, params, slices_dir, out_dir, synthetic, True, print, (i, n))
-            for i in range(n)
-        ]
-        executed = sum(job.result()["executed"] for job in shards)
-    summary = run_experiment(params, slices_dir, out_dir, synthetic, True, log, aggregate_only=True)
-    return {**summary, "executed": executed}

@@ -1,8 +1,8 @@
 """``gvae segment``: does adding synthetic labelled slices raise pancreas Dice on unseen patients?
 
 Thin CLI around :func:`pipeline.augment.grid.run_experiment` (over ``segment.workers``
-processes: :func:`pipeline.augment.grid.run_parallel`). The grid (conditions x training
-fractions x seeds) and every training setting come from the ``segment`` section of the params.
+processes). The grid (conditions x training fractions x seeds) and every training setting come
+from the ``segment`` section of the params.
 
 Synthetic data, per model and optionally per training fraction:
 
@@ -82,7 +82,7 @@ def root_folders(root: Path, models: list[str], fractions: tuple[float, ...]) ->
 def main(args: argparse.Namespace) -> int:
     """Run the grid, print the per-condition means as they come, then the results table."""
     from pipeline.augment.experiment import expand_conditions, parse_synthetic_args
-    from pipeline.augment.grid import run_experiment, run_parallel
+    from pipeline.augment.grid import run_experiment
 
     params = load_section(args.params, "segment")
     try:
@@ -106,18 +106,15 @@ def main(args: argparse.Namespace) -> int:
         aggregate_only = getattr(args, "aggregate_only", False)
         if aggregate_only and not args.resume:
             raise ValueError("--aggregate-only reads finished runs: give --resume too")
-        if shard is None and not aggregate_only:
-            summary = run_parallel(params, args.slices, args.out, folders, resume=args.resume)
-        else:
-            summary = run_experiment(
-                params,
-                args.slices,
-                args.out,
-                folders,
-                resume=args.resume,
-                shard=shard,
-                aggregate_only=aggregate_only,
-            )
+        summary = run_experiment(
+            params,
+            args.slices,
+            args.out,
+            folders,
+            resume=args.resume,
+            shard=shard,
+            aggregate_only=aggregate_only,
+        )
     except ValueError as exc:
         raise StageError(str(exc)) from None
     for row in summary["rows"]:
