@@ -71,7 +71,7 @@ def k_nearest(
         raise ValueError(f"batch_size and k must be >= 1, got {batch_size} and {k}")
     q, r = flatten_images(queries, downsample), flatten_images(reference, downsample)
     if len(r) == 0:
-        raise ValueError("nearest_neighbours needs at least one reference image")
+        raise ValueError("the nearest-neighbour search needs at least one reference image")
     if q.shape[1] != r.shape[1]:
         raise ValueError(f"query and reference images differ in size: {q.shape[1]} vs {r.shape[1]}")
     k = min(k, len(r))
