@@ -237,7 +237,6 @@ def _check_top_level(path: Path, raw: dict[str, Any]) -> None:
         bad_override = sorted(set(raw.get(block) or {}) - set(SECTIONS) - {"models"})
         if bad_override:
             raise ParamsError(f"{path}: unknown key(s) under '{block}': {bad_override}")
-        # dvc.yaml expands its CT stages from the top-level list; a profile cannot change it.
         # dvc.yaml expands its stages from these top-level lists; a profile cannot change them.
         for section, key in DAG_LISTS:
             if key in ((raw.get(block) or {}).get(section) or {}):
@@ -262,6 +261,36 @@ def _check_top_level(path: Path, raw: dict[str, Any]) -> None:
         raise ParamsError(
             f"{path}: profile 'full' reports mean and sd over at least {MIN_FULL_SEEDS} seeds; "
             f"mnist.seeds is {seeds} (e.g. -S 'mnist.seeds=[0,1,2]')"
+        )
+    _check_grid_generators(path, raw, profile)
+
+
+def _check_grid_generators(path: Path, raw: dict[str, Any], profile: str) -> None:
+    # The grid reads the synthetic sets of the generators dvc.yaml trains (ct.models). A grid
+    # generator missing from that list would stop the segment stage only after every other
+    # generator had trained: hours into a `full` run. Refuse it before the first stage.
+    from pipeline.augment.experiment import expand_conditions  # numpy: only when checked
+
+    segment = resolve_profile(raw).get("segment") or {}
+    defaults = SegmentParams.model_fields
+    try:
+        conditions = expand_conditions(
+            segment.get("conditions", defaults["conditions"].default),
+            segment.get("models", defaults["models"].default),
+        )
+    except (TypeError, ValueError):
+        return  # a malformed grid is the segment section's error, with its own message
+    used = {c.model for c in conditions if c.model}
+    ct_default = CTParams.model_fields["models"].default_factory()
+    ct_models = (raw.get("ct") or {}).get("models") or ct_default
+    missing = sorted(used - set(ct_models))
+    if missing:
+        where = "" if profile == "cpu" else f" (profile {profile!r})"
+        wanted = ",".join([*ct_models, *missing])
+        raise ParamsError(
+            f"{path}: the segmentation grid{where} reads synthetic slices of {missing}, which "
+            f"ct.models {list(ct_models)} does not train; add them (e.g. "
+            f"-S 'ct.models=[{wanted}]') or remove them from segment.conditions / segment.models"
         )
 
 

@@ -154,6 +154,7 @@ def test_large_profiles_require_both_sanity_datasets(tmp_path, profile):
         load_section(p, "train")
     raw["mnist"]["datasets"] = ["fashion_mnist", "mnist"]
     raw["mnist"]["seeds"] = [0, 1, 2]
+    raw["ct"]["models"] = [*raw["ct"]["models"], "ddpm"]  # full's grid reads it
     p.write_text(yaml.safe_dump(raw))
     assert load_section(p, "mnist").datasets == ["fashion_mnist", "mnist"]
 
@@ -163,6 +164,7 @@ def test_full_profile_requires_three_seeds(tmp_path):
     assert raw["mnist"]["seeds"] == [0]  # the 2-core default: one run per model
     raw["profile"] = "full"
     raw["mnist"]["datasets"] = ["mnist", "fashion_mnist"]
+    raw["ct"]["models"] = [*raw["ct"]["models"], "ddpm"]
     p = tmp_path / "params.yaml"
     for seeds in ([0], [3, 4]):
         raw["mnist"]["seeds"] = seeds
@@ -177,6 +179,37 @@ def test_full_profile_requires_three_seeds(tmp_path):
         p.write_text(yaml.safe_dump(raw))
         with pytest.raises(ParamsError, match=message):
             load_section(p, "mnist")
+
+
+@pytest.mark.parametrize("profile", ["cpu", "full"])
+def test_grid_generators_must_be_trained_by_ct_models(tmp_path, profile):
+    # The segment stage would otherwise find a generator's synthetic set missing only after
+    # every other generator had trained; the check refuses it at the first stage's params.
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["profile"] = profile
+    raw["mnist"]["datasets"] = ["mnist", "fashion_mnist"]
+    raw["mnist"]["seeds"] = [0, 1, 2]
+    p = tmp_path / "params.yaml"
+    if profile == "cpu":  # default: the grid reads exactly the default generators
+        raw["ct"]["models"] = ["gvae", "vae", "wgan_gp"]  # vae_gan dropped
+        missing, fix = r"\['vae_gan'\]", r"ct.models=\[gvae,vae,wgan_gp,vae_gan\]"
+    else:  # the complete grid adds the diffusion reference
+        missing, fix = r"\['ddpm'\]", r"ct.models=\[gvae,vae,wgan_gp,vae_gan,ddpm\]"
+    p.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ParamsError, match=rf"grid.*reads synthetic slices of {missing}.*{fix}"):
+        load_section(p, "slices")  # any stage's section
+    raw["ct"]["models"] = ["gvae", "vae", "wgan_gp", "vae_gan", "ddpm"]
+    p.write_text(yaml.safe_dump(raw))
+    assert ("ddpm" in load_section(p, "segment").models) == (profile == "full")
+    # An explicit ":model" condition counts too, whatever segment.models says.
+    raw["ct"]["models"] = ["gvae"]
+    raw["segment"]["conditions"] = ["real", "syn:vae"]
+    raw["segment"]["models"] = ["gvae"]
+    raw["full"]["segment"]["conditions"] = ["syn:vae"]
+    raw["full"]["segment"]["models"] = ["gvae"]
+    p.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ParamsError, match=r"reads synthetic slices of \['vae'\]"):
+        load_section(p, "ct")
 
 
 @pytest.mark.parametrize(
