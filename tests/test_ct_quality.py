@@ -288,6 +288,61 @@ def test_stages_end_to_end(folders, tmp_path, monkeypatch, capsys):
     assert "real train (floor)" in table and (tmp_path / "report/table.csv").is_file()
 
 
+def test_near_copies_per_training_fraction(folders, tmp_path, capsys):
+    # Each fraction's generator set is checked against the train split with the f1.0 set's
+    # threshold; copies planted in the low-data set are found there and only there.
+    from pipeline.stages import ct_features, ct_quality, ct_quality_report
+
+    ct_features.run(FP, folders / "slices", tmp_path / "feat")
+    train_img, train_msk = load_slices(folders / "slices", "train")[:2]
+    root = tmp_path / "syn"
+    clean = toy_ct(30, 40)
+    small_img, small_msk = toy_ct(30, 41)
+    small_img[4:6], small_msk[4:6] = train_img[[11, 17]], train_msk[[11, 17]]
+    source = {"model": "toy", "trained_on": ["CASE_train"]}
+    write_slices(root / "f1.0", {"synthetic": clean}, {**source, "fraction": 1.0})
+    write_slices(root / "f0.25", {"synthetic": (small_img, small_msk)}, source)
+    (root / "grid.png").write_bytes(b"")  # other files of the generate folder are ignored
+    assert list(ct_quality.fraction_sets(root)) == ["f1.0", "f0.25"]
+
+    out = tmp_path / "evals" / "toy"
+    m = ct_quality.run(QP, folders / "slices", tmp_path / "feat", out, root / "f1.0", root)
+    mem = json.loads((out / "memorization.json").read_text())
+    by_set = {r["set"]: r for r in mem["fractions"]}
+    assert [r["set"] for r in mem["fractions"]] == ["f1.0", "f0.25"]
+    small = by_set["f0.25"]
+    assert {(f["slice_index"], f["nn_train_slice"]) for f in small["flagged"]} >= {
+        (4, 11),
+        (5, 17),
+    }
+    assert small["n"] == 30 and small["trained_on"] == ["CASE_train"]
+    assert m["near_copy_share_f0.25"] == small["share"] >= 2 / 30
+    assert m["near_copy_share_f1.0"] == by_set["f1.0"]["share"] == m["near_copy_share"]
+    # Toy slices look alike, so some clean ones pass both tests by chance; no exact copy does.
+    exact = [f["slice_index"] for f in small["flagged"] if f["distance"] == 0.0]
+    assert exact == [4, 5] and all(f["distance"] > 0 for f in by_set["f1.0"]["flagged"])
+
+    ct_quality.run(QP, folders / "slices", tmp_path / "feat", tmp_path / "evals" / "real")
+    ct_quality_report.run(tmp_path / "evals", tmp_path / "report")
+    table = (tmp_path / "report/near_copies.md").read_text().splitlines()
+    assert table[0] == "| set | threshold | near-copies f1.0 | near-copies f0.25 |"
+    assert len(table) == 3 and table[2].startswith("| toy |")  # the real floor has no row
+    cells = [c.strip() for c in table[2].split("|")[1:-1]]
+    assert float(cells[3]) == pytest.approx(small["share"], abs=5e-4)
+
+    # A set from patients outside the train split, or no fraction set at all: named errors.
+    write_slices(root / "f0.1", {"synthetic": clean}, {"model": "toy", "trained_on": ["X"]})
+    with pytest.raises(ValueError, match=r"f0.1/index.json: the generator was trained on 1 case"):
+        ct_quality.run(
+            QP, folders / "slices", tmp_path / "feat", tmp_path / "o", root / "f1.0", root
+        )
+    with pytest.raises(ValueError, match=r"no f<fraction>/index.json"):
+        ct_quality.run(
+            QP, folders / "slices", tmp_path / "feat", tmp_path / "o", root / "f1.0", tmp_path
+        )
+    assert not (tmp_path / "o").exists()
+
+
 def test_quality_refuses_mismatched_synthetic_grid(folders, tmp_path):
     from pipeline.stages import ct_features, ct_quality
 

@@ -38,6 +38,7 @@ TABLE_ROWS = {
     "table-sanity-mnist": SANITY_MODELS,
     "table-ct-quality": ["real test (target)", "real train (floor)", *CT_MODELS],
     "table-memorization": [*CT_MODELS, "real"],
+    "table-memorization-fractions": CT_MODELS,  # the real floor has no fraction sets
     "table-segmentation": ["real", "real+syn:gvae"],
     "table-checksums": ["tables@mnist"],
 }

@@ -244,3 +244,35 @@ def table_rows(evals: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, An
         rows[REFERENCE_ROW if len(refs) == 1 else f"{REFERENCE_ROW}: {name}"] = dict(evals[name])
     rows.update({name: dict(m) for name, m in evals.items() if name not in refs})
     return rows
+
+
+FRACTION_PREFIX = "near_copy_share_"
+
+
+def fraction_near_copy_table(evals: Mapping[str, Mapping[str, Any]]) -> str:
+    """Markdown table of the near-copy share per model (rows) and training fraction (columns).
+
+    Reads the ``near_copy_share_f<fraction>`` keys of ``gvae ct-quality --fractions``; sets
+    without them (the real floor) are left out. Empty string when no set has any.
+    """
+    rows = {
+        name: {
+            k.removeprefix(FRACTION_PREFIX): v
+            for k, v in m.items()
+            if k.startswith(FRACTION_PREFIX)
+        }
+        for name, m in evals.items()
+    }
+    rows = {name: r for name, r in rows.items() if r}
+    if not rows:
+        return ""
+    columns = sorted({c for r in rows.values() for c in r}, key=lambda c: -float(c[1:]))
+    lines = [
+        "| set | threshold | " + " | ".join(f"near-copies {c}" for c in columns) + " |",
+        "|" + "---|" * (len(columns) + 2),
+    ]
+    for name, r in rows.items():
+        cells = [_fmt(r.get(c), "{:.3f}") for c in columns]
+        threshold = _fmt(evals[name].get("near_copy_threshold"), "{:.2f}")
+        lines.append(f"| {name} | {threshold} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

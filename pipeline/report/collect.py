@@ -202,6 +202,8 @@ def ct_quality_section(quality_dir: Path, report_dir: Path, ct_models: list[str]
             "title": "CT synthesis: memorization",
             "produced": memo_produced,
             "sets": memo,
+            # gvae ct-quality --fractions: each model's near-copy share per training fraction
+            "by_fraction": table(report_dir / "near_copies.md", report_dir / "near_copies.csv"),
             "reason": ""
             if memo_produced
             else f"{NOT_PRODUCED} (no */memorization.json in {quality_dir})",

@@ -8,10 +8,17 @@ random subset of the real train split in place of the synthetic set: the floor r
 is read against. Its memorization entry scores the real test slices themselves, so its
 ``near_copy_share`` is the chance level (about the quantile).
 
+``--fractions`` adds the near-copy check of every training-fraction set of the same model
+(the ``f<fraction>/`` folders of ``gvae generate --each-fraction``): the generators of the
+low-data regimes see two or three patients, and a model that copies does it there first. Each
+set is scored against the whole train split with the same threshold, as the export's privacy
+gate scores it (its own patients are a subset, so a copy of one of them is still found).
+
 Writes into ``--out`` (one folder, replaced atomically): ``metrics.json`` (flat numbers, for
-``dvc metrics show``), ``memorization.json`` (threshold, quantile, per-sample distance and
-flag) and ``grid.png`` (real test slices on the left, the compared set on the right, pancreas
-masks as red contours).
+``dvc metrics show``; ``near_copy_share_f<fraction>`` per fraction set), ``memorization.json``
+(threshold, quantile, per-sample distance and flag; per fraction set its share and flagged
+slices) and ``grid.png`` (real test slices on the left, the compared set on the right,
+pancreas masks as red contours).
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import numpy as np
 
 from pipeline.config import load_section
 from pipeline.io.atomic import atomic_dir, write_json
-from pipeline.io.shards import INDEX_NAME, load_slices
+from pipeline.io.shards import INDEX_NAME, load_slices, read_index
 from pipeline.params_quality import QualityParams
 from pipeline.qc import Panel, spread, write_contact_sheet
 from pipeline.stages.ct_features import NET_NAME
@@ -113,6 +120,70 @@ def _memorization_record(mem: dict, meta: dict, train_meta: dict, params, name: 
     }
 
 
+def fraction_sets(root: str | os.PathLike) -> dict[str, Path]:
+    """``{"f1.0": folder, "f0.5": ...}``: the sets of ``gvae generate --each-fraction`` under
+    ``root``, largest fraction first; ``ValueError`` naming ``root`` when there is none."""
+    root = Path(root)
+    found: dict[float, Path] = {}
+    for index in root.glob(f"f*/{INDEX_NAME}"):
+        try:
+            found[float(index.parent.name[1:])] = index.parent
+        except ValueError:
+            continue  # not a fraction folder (f<number>)
+    if not found:
+        raise ValueError(
+            f"{root}: no f<fraction>/{INDEX_NAME}; --fractions takes the folder written by "
+            "`gvae generate --each-fraction`"
+        )
+    return {found[f].name: found[f] for f in sorted(found, reverse=True)}
+
+
+def fraction_memorization(
+    sets: dict[str, Path], train: tuple, threshold: float, params: QualityParams
+) -> list[dict]:
+    """The near-copy check of each fraction set against the train split, one record each.
+
+    The threshold is the one calibrated on the real test slices for the whole train split:
+    every set is held to the bar the export's privacy gate applies to it.
+    """
+    from pipeline.augment.memorization import find_near_copies
+    from pipeline.export.privacy import check_reference
+
+    m = params.memorization
+    records = []
+    for name, folder in sets.items():
+        images, _, meta = load_slices(folder, "synthetic")
+        trained_on = (read_index(folder).get("source") or {}).get("trained_on") or []
+        check_reference(meta, train[2], trained_on, str(folder / INDEX_NAME))
+        found = find_near_copies(
+            images, train[0], threshold, params.batch_size, m.downsample, m.ratio, m.neighbours
+        )
+        flagged = np.flatnonzero(found["flags"])
+        records.append(
+            {
+                "set": name,
+                "folder": str(folder),
+                "trained_on": list(trained_on),
+                "n": len(images),
+                "n_flagged": len(flagged),
+                "share": found["share"],
+                "relative_min": float(found["relative"].min()) if len(images) else None,
+                "relative_median": float(np.median(found["relative"])) if len(images) else None,
+                "flagged": [
+                    {
+                        "slice_index": int(meta["slice_index"][i]),
+                        "distance": float(found["distances"][i]),
+                        "relative_distance": float(found["relative"][i]),
+                        "nn_train_case": str(train[2]["case_id"][found["nn_index"][i]]),
+                        "nn_train_slice": int(train[2]["slice_index"][found["nn_index"][i]]),
+                    }
+                    for i in flagged
+                ],
+            }
+        )
+    return records
+
+
 def _json_safe(metrics: dict[str, Any]) -> dict[str, Any]:
     """NaN (undefined, e.g. no mask at all) -> null: JSON has no NaN."""
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
@@ -124,8 +195,12 @@ def run(
     features_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
     synthetic_dir: str | os.PathLike | None = None,
+    fractions_dir: str | os.PathLike | None = None,
 ) -> dict:
-    """Compute every metric of one set (``synthetic_dir``, or real train if ``None``); write."""
+    """Compute every metric of one set (``synthetic_dir``, or real train if ``None``); write.
+
+    ``fractions_dir``: also check every fraction set under it for near-copies (module doc).
+    """
     from pipeline.augment import memorization as mem_
     from pipeline.augment.features import features, load_feature_net
     from pipeline.augment.quality import anatomy_metrics, area_distance_mm2, sample_metrics
@@ -135,6 +210,9 @@ def run(
     test = load_slices(slices_dir, "test")
     train = load_slices(slices_dir, "train")
     reference = synthetic_dir is None
+    if reference and fractions_dir is not None:
+        raise ValueError("--fractions scores synthetic sets; the --reference floor has none")
+    sets = fraction_sets(fractions_dir) if fractions_dir is not None else {}
     if reference:
         name, other = "real train", train
     else:
@@ -197,6 +275,8 @@ def run(
     metrics.update(
         near_copy_threshold=threshold, near_copy_quantile=m.quantile, near_copy_share=mem["share"]
     )
+    by_fraction = fraction_memorization(sets, train, threshold, params)
+    metrics.update({f"near_copy_share_{r['set']}": r["share"] for r in by_fraction})
     metrics["seconds"] = round(time.perf_counter() - t0, 2)
 
     flags = mem["flags"][oi] if not reference else np.zeros(len(oi), bool)
@@ -210,6 +290,8 @@ def run(
     record = _memorization_record(
         mem, scored[2], train[2], params, "real test" if reference else "synthetic"
     )
+    if by_fraction:
+        record["fractions"] = by_fraction
     with atomic_dir(out_dir) as tmp:
         write_contact_sheet(tmp / GRID_NAME, panels, ncols=4)
         write_json(tmp / MEMORIZATION_NAME, record)
@@ -226,6 +308,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     which.add_argument(
         "--reference", action="store_true", help="score real train slices instead (the floor)"
     )
+    parser.add_argument(
+        "--fractions",
+        help="also check the f<fraction>/ sets of `gvae generate --each-fraction` in this folder",
+    )
     parser.add_argument("--out", required=True, help="output folder, replaced atomically")
 
 
@@ -235,7 +321,8 @@ def main(args: argparse.Namespace) -> int:
 
     params = load_section(args.params, "ct_quality")
     try:
-        m = run(params, args.slices, args.features, args.out, args.synthetic)
+        fractions = getattr(args, "fractions", None)
+        m = run(params, args.slices, args.features, args.out, args.synthetic, fractions)
     except ValueError as exc:
         raise StageError(str(exc)) from None
     print(
@@ -243,4 +330,6 @@ def main(args: argparse.Namespace) -> int:
         f"P/R {m['precision']:.2f}/{m['recall']:.2f}, near-copies {m['near_copy_share']:.3f} "
         f"(threshold {m['near_copy_threshold']:.3f}) -> {args.out}"
     )
+    for key in (k for k in m if k.startswith("near_copy_share_")):
+        print(f"  near-copies {key.removeprefix('near_copy_share_')}: {m[key]:.3f}")
     return 0

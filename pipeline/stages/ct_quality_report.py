@@ -3,7 +3,9 @@
 Reads every ``<set>/metrics.json`` under ``--evals`` (written by ``gvae ct-quality``, one
 folder per model plus the ``--reference`` floor) and writes ``table.md`` and ``table.csv``
 into ``--out`` (one folder, replaced atomically). Rows: the real test split (target), the real
-train floor, then the models in ``--order`` (default: folder names, sorted).
+train floor, then the models in ``--order`` (default: folder names, sorted). When the sets
+were checked per training fraction (``gvae ct-quality --fractions``), ``near_copies.md`` gives
+each model's near-copy share per fraction.
 """
 
 from __future__ import annotations
@@ -39,12 +41,21 @@ def read_evals(evals_dir: Path, order: list[str] | None = None) -> dict[str, dic
 
 def run(evals_dir: str | os.PathLike, out_dir: str | os.PathLike, order=None) -> dict:
     """Build the table from ``evals_dir`` and write ``table.md`` + ``table.csv`` to ``out_dir``."""
-    from pipeline.augment.quality import quality_csv, quality_table, table_rows
+    from pipeline.augment.quality import (
+        fraction_near_copy_table,
+        quality_csv,
+        quality_table,
+        table_rows,
+    )
 
-    rows = table_rows(read_evals(Path(evals_dir), order))
+    evals = read_evals(Path(evals_dir), order)
+    rows = table_rows(evals)
+    by_fraction = fraction_near_copy_table(evals)
     with atomic_dir(out_dir) as tmp:
         (tmp / "table.md").write_text(quality_table(rows))
         (tmp / "table.csv").write_text(quality_csv(rows))
+        if by_fraction:
+            (tmp / "near_copies.md").write_text(by_fraction)
     return rows
 
 
