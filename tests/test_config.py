@@ -154,7 +154,6 @@ def test_large_profiles_require_both_sanity_datasets(tmp_path, profile):
         load_section(p, "train")
     raw["mnist"]["datasets"] = ["fashion_mnist", "mnist"]
     raw["mnist"]["seeds"] = [0, 1, 2]
-    raw["ct"]["models"] = [*raw["ct"]["models"], "ddpm"]  # full's grid reads it
     p.write_text(yaml.safe_dump(raw))
     assert load_section(p, "mnist").datasets == ["fashion_mnist", "mnist"]
 
@@ -164,7 +163,6 @@ def test_full_profile_requires_three_seeds(tmp_path):
     assert raw["mnist"]["seeds"] == [0]  # the 2-core default: one run per model
     raw["profile"] = "full"
     raw["mnist"]["datasets"] = ["mnist", "fashion_mnist"]
-    raw["ct"]["models"] = [*raw["ct"]["models"], "ddpm"]
     p = tmp_path / "params.yaml"
     for seeds in ([0], [3, 4]):
         raw["mnist"]["seeds"] = seeds
@@ -193,7 +191,8 @@ def test_grid_generators_must_be_trained_by_ct_models(tmp_path, profile):
     if profile == "cpu":  # default: the grid reads exactly the default generators
         raw["ct"]["models"] = ["gvae", "vae", "wgan_gp"]  # vae_gan dropped
         missing, fix = r"\['vae_gan'\]", r"ct.models=\[gvae,vae,wgan_gp,vae_gan\]"
-    else:  # the complete grid adds the diffusion reference
+    else:  # a profile block that adds the diffusion reference to the grid
+        raw["full"]["segment"]["models"] = ["gvae", "vae", "wgan_gp", "vae_gan", "ddpm"]
         missing, fix = r"\['ddpm'\]", r"ct.models=\[gvae,vae,wgan_gp,vae_gan,ddpm\]"
     p.write_text(yaml.safe_dump(raw))
     with pytest.raises(ParamsError, match=rf"grid.*reads synthetic slices of {missing}.*{fix}"):
