@@ -269,18 +269,17 @@ def _check_grid_generators(path: Path, raw: dict[str, Any], profile: str) -> Non
     # The grid reads the synthetic sets of the generators dvc.yaml trains (ct.models). A grid
     # generator missing from that list would stop the segment stage only after every other
     # generator had trained: hours into a `full` run. Refuse it before the first stage.
-    from pipeline.augment.experiment import expand_conditions  # numpy: only when checked
+    from pipeline.augment.experiment import synthetic_models  # numpy: only when checked
 
     segment = resolve_profile(raw).get("segment") or {}
     defaults = SegmentParams.model_fields
     try:
-        conditions = expand_conditions(
+        used = synthetic_models(
             segment.get("conditions", defaults["conditions"].default),
             segment.get("models", defaults["models"].default),
         )
     except (TypeError, ValueError):
         return  # a malformed grid is the segment section's error, with its own message
-    used = {c.model for c in conditions if c.model}
     ct_default = CTParams.model_fields["models"].default_factory()
     ct_models = (raw.get("ct") or {}).get("models") or ct_default
     missing = sorted(used - set(ct_models))

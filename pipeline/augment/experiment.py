@@ -72,6 +72,11 @@ def expand_conditions(conditions: Iterable[str], models: Iterable[str]) -> list[
     return [parse_condition(n) for n in out]
 
 
+def synthetic_models(conditions: Iterable[str], models: Iterable[str]) -> set[str]:
+    """The generators whose synthetic sets the grid's conditions read (``expand_conditions``)."""
+    return {c.model for c in expand_conditions(conditions, models) if c.model}
+
+
 def training_subset(
     train_cases: Iterable[str], fraction: float, subset_seed: int, min_patients: int
 ) -> list[str]:

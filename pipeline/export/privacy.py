@@ -15,11 +15,11 @@ in the receipt.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.io.shards import same_grid
 from pipeline.params_quality import MemorizationParams
 
 
@@ -52,13 +52,7 @@ def check_reference(synthetic: dict, real: dict, trained_on: list[str] | None, w
     ``source.trained_on``); every one must be in the real train split, otherwise the gate
     would compare against the wrong patients. ``ValueError`` naming ``where`` otherwise.
     """
-    same = real["size"] == synthetic["size"]
-    same = same and math.isclose(float(real["pixel_mm"]), float(synthetic["pixel_mm"]))
-    same = same and all(
-        math.isclose(float(real["window"][k]), float(synthetic["window"][k]))
-        for k in ("level", "width")
-    )
-    if not same:
+    if not same_grid(real, synthetic):
         raise ValueError(
             f"{where}: size {real['size']}, pixel_mm {real['pixel_mm']}, window "
             f"{real['window']} differ from the synthetic set's size {synthetic['size']}, "

@@ -25,6 +25,7 @@ Samples are ordered by case id, then slice index; a training loader shuffles the
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,18 @@ class ShardWriter:
         rest = [c[n:] for c in cols]
         self._parts = [tuple(rest)] if len(rest[0]) else []
         self._pending -= n
+
+
+def same_grid(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two ``load_slices`` metas share size, pixel spacing and intensity window.
+
+    Areas in mm2 and HU read from a set are only comparable with another set on the same grid
+    and window; tolerant float comparison, since the values went through JSON.
+    """
+    same = a["size"] == b["size"] and math.isclose(float(a["pixel_mm"]), float(b["pixel_mm"]))
+    return same and all(
+        math.isclose(float(a["window"][k]), float(b["window"][k])) for k in ("level", "width")
+    )
 
 
 def read_index(slices_dir: str | os.PathLike) -> dict[str, Any]:

@@ -34,7 +34,7 @@ import numpy as np
 
 from pipeline.config import load_section
 from pipeline.io.atomic import atomic_dir, write_json
-from pipeline.io.shards import INDEX_NAME, load_slices, read_index
+from pipeline.io.shards import INDEX_NAME, load_slices, read_index, same_grid
 from pipeline.params_quality import QualityParams
 from pipeline.qc import Panel, spread, write_contact_sheet
 from pipeline.stages.ct_features import NET_NAME
@@ -52,11 +52,7 @@ def _subset(n: int, cap: int, seed: int) -> np.ndarray:
 
 def _check_geometry(real: dict, other: dict, other_dir: Path) -> None:
     """The compared set must be on the real slices' grid and window, else areas and HU lie."""
-    same = real["size"] == other["size"] and math.isclose(real["pixel_mm"], other["pixel_mm"])
-    same = same and all(
-        math.isclose(real["window"][k], other["window"][k]) for k in ("level", "width")
-    )
-    if not same:
+    if not same_grid(real, other):
         raise ValueError(
             f"{other_dir / INDEX_NAME}: size {other['size']}, pixel_mm {other['pixel_mm']}, "
             f"window {other['window']} differ from the real slices' size {real['size']}, "
@@ -94,19 +90,21 @@ def _grid_panels(real, other, flags, n: int, other_name: str) -> list[Panel]:
     return panels
 
 
+def _sample_record(mem: dict, i: int, meta: dict, train_meta: dict) -> dict:
+    """Slice ``i`` of a scored set: its distances, flag and nearest training slice."""
+    return {
+        "case_id": str(meta["case_id"][i]),
+        "slice_index": int(meta["slice_index"][i]),
+        "distance": float(mem["distances"][i]),
+        "relative_distance": float(mem["relative"][i]),
+        "near_copy": bool(mem["flags"][i]),
+        "nn_train_case": str(train_meta["case_id"][mem["nn_index"][i]]),
+        "nn_train_slice": int(train_meta["slice_index"][mem["nn_index"][i]]),
+    }
+
+
 def _memorization_record(mem: dict, meta: dict, train_meta: dict, params, name: str) -> dict:
-    samples = [
-        {
-            "case_id": str(meta["case_id"][i]),
-            "slice_index": int(meta["slice_index"][i]),
-            "distance": float(mem["distances"][i]),
-            "relative_distance": float(mem["relative"][i]),
-            "near_copy": bool(mem["flags"][i]),
-            "nn_train_case": str(train_meta["case_id"][mem["nn_index"][i]]),
-            "nn_train_slice": int(train_meta["slice_index"][mem["nn_index"][i]]),
-        }
-        for i in range(len(mem["flags"]))
-    ]
+    samples = [_sample_record(mem, i, meta, train_meta) for i in range(len(mem["flags"]))]
     return {
         "set": name,
         "quantile": params.memorization.quantile,
@@ -139,12 +137,18 @@ def fraction_sets(root: str | os.PathLike) -> dict[str, Path]:
 
 
 def fraction_memorization(
-    sets: dict[str, Path], train: tuple, threshold: float, params: QualityParams
+    sets: dict[str, Path],
+    train: tuple,
+    threshold: float,
+    params: QualityParams,
+    scored: dict[Path, tuple[dict, dict]] | None = None,
 ) -> list[dict]:
     """The near-copy check of each fraction set against the train split, one record each.
 
     The threshold is the one calibrated on the real test slices for the whole train split:
-    every set is held to the bar the export's privacy gate applies to it.
+    every set is held to the bar the export's privacy gate applies to it. ``scored`` maps a
+    resolved folder already checked with these settings to its ``(meta, find_near_copies
+    result)`` (the stage's own ``--synthetic`` set), which is then not loaded and searched again.
     """
     from pipeline.augment.memorization import find_near_copies
     from pipeline.export.privacy import check_reference
@@ -152,33 +156,28 @@ def fraction_memorization(
     m = params.memorization
     records = []
     for name, folder in sets.items():
-        images, _, meta = load_slices(folder, "synthetic")
+        if folder.resolve() in (scored or {}):
+            meta, found = scored[folder.resolve()]
+        else:
+            images, _, meta = load_slices(folder, "synthetic")
+            found = find_near_copies(
+                images, train[0], threshold, params.batch_size, m.downsample, m.ratio, m.neighbours
+            )
         trained_on = (read_index(folder).get("source") or {}).get("trained_on") or []
         check_reference(meta, train[2], trained_on, str(folder / INDEX_NAME))
-        found = find_near_copies(
-            images, train[0], threshold, params.batch_size, m.downsample, m.ratio, m.neighbours
-        )
+        n = len(found["flags"])
         flagged = np.flatnonzero(found["flags"])
         records.append(
             {
                 "set": name,
                 "folder": str(folder),
                 "trained_on": list(trained_on),
-                "n": len(images),
+                "n": n,
                 "n_flagged": len(flagged),
                 "share": found["share"],
-                "relative_min": float(found["relative"].min()) if len(images) else None,
-                "relative_median": float(np.median(found["relative"])) if len(images) else None,
-                "flagged": [
-                    {
-                        "slice_index": int(meta["slice_index"][i]),
-                        "distance": float(found["distances"][i]),
-                        "relative_distance": float(found["relative"][i]),
-                        "nn_train_case": str(train[2]["case_id"][found["nn_index"][i]]),
-                        "nn_train_slice": int(train[2]["slice_index"][found["nn_index"][i]]),
-                    }
-                    for i in flagged
-                ],
+                "relative_min": float(found["relative"].min()) if n else None,
+                "relative_median": float(np.median(found["relative"])) if n else None,
+                "flagged": [_sample_record(found, i, meta, train[2]) for i in flagged],
             }
         )
     return records
@@ -203,7 +202,12 @@ def run(
     """
     from pipeline.augment import memorization as mem_
     from pipeline.augment.features import features, load_feature_net
-    from pipeline.augment.quality import anatomy_metrics, area_distance_mm2, sample_metrics
+    from pipeline.augment.quality import (
+        FRACTION_PREFIX,
+        anatomy_metrics,
+        area_distance_mm2,
+        sample_metrics,
+    )
 
     t0 = time.perf_counter()
     slices_dir, features_dir, out_dir = Path(slices_dir), Path(features_dir), Path(out_dir)
@@ -275,8 +279,9 @@ def run(
     metrics.update(
         near_copy_threshold=threshold, near_copy_quantile=m.quantile, near_copy_share=mem["share"]
     )
-    by_fraction = fraction_memorization(sets, train, threshold, params)
-    metrics.update({f"near_copy_share_{r['set']}": r["share"] for r in by_fraction})
+    known = {} if reference else {Path(synthetic_dir).resolve(): (other[2], mem)}
+    by_fraction = fraction_memorization(sets, train, threshold, params, known)
+    metrics.update({f"{FRACTION_PREFIX}{r['set']}": r["share"] for r in by_fraction})
     metrics["seconds"] = round(time.perf_counter() - t0, 2)
 
     flags = mem["flags"][oi] if not reference else np.zeros(len(oi), bool)
@@ -330,6 +335,8 @@ def main(args: argparse.Namespace) -> int:
         f"P/R {m['precision']:.2f}/{m['recall']:.2f}, near-copies {m['near_copy_share']:.3f} "
         f"(threshold {m['near_copy_threshold']:.3f}) -> {args.out}"
     )
-    for key in (k for k in m if k.startswith("near_copy_share_")):
-        print(f"  near-copies {key.removeprefix('near_copy_share_')}: {m[key]:.3f}")
+    from pipeline.augment.quality import FRACTION_PREFIX
+
+    for key in (k for k in m if k.startswith(FRACTION_PREFIX)):
+        print(f"  near-copies {key.removeprefix(FRACTION_PREFIX)}: {m[key]:.3f}")
     return 0

@@ -81,7 +81,7 @@ def root_folders(root: Path, models: list[str], fractions: tuple[float, ...]) ->
 
 def main(args: argparse.Namespace) -> int:
     """Run the grid, print the per-condition means as they come, then the results table."""
-    from pipeline.augment.experiment import expand_conditions, parse_synthetic_args
+    from pipeline.augment.experiment import parse_synthetic_args, synthetic_models
     from pipeline.augment.grid import run_experiment
 
     params = load_section(args.params, "segment")
@@ -89,9 +89,7 @@ def main(args: argparse.Namespace) -> int:
         explicit = parse_synthetic_args(args.synthetic)
         folders = {}
         if args.synthetic_root is not None:
-            models = sorted(
-                {c.model for c in expand_conditions(params.conditions, params.models) if c.model}
-            )
+            models = sorted(synthetic_models(params.conditions, params.models))
             found = root_folders(args.synthetic_root, models, params.fractions)
             # A model named with --synthetic takes none of its folders from the root.
             named = {m for m, _ in explicit}
