@@ -8,6 +8,7 @@ body wider than tall, a bright spine posterior (bottom rows), a liver on the pat
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 
@@ -329,6 +330,11 @@ def test_near_copies_per_training_fraction(folders, tmp_path, capsys):
     assert len(table) == 3 and table[2].startswith("| toy |")  # the real floor has no row
     cells = [c.strip() for c in table[2].split("|")[1:-1]]
     assert float(cells[3]) == pytest.approx(small["share"], abs=5e-4)
+    # The CSV beside it (a download in the HTML report) has the raw values.
+    with open(tmp_path / "report/near_copies.csv") as f:
+        (row,) = csv.DictReader(f)
+    assert row["set"] == "toy" and float(row["near_copy_share_f0.25"]) == small["share"]
+    assert float(row["near_copy_threshold"]) == m["near_copy_threshold"]
 
     # A set from patients outside the train split, or no fraction set at all: named errors.
     write_slices(root / "f0.1", {"synthetic": clean}, {"model": "toy", "trained_on": ["X"]})

@@ -128,6 +128,7 @@ def test_report_is_self_contained_with_every_section(tmp_path, monkeypatch):
     assert base64.b64encode(newest).decode() in html  # the newest grid itself is inlined
     assert FLAGGED_CASE in html and 'download="results.csv"' in html
     assert 'download="metrics.json"' in html and 'download="table.csv"' in html
+    assert 'download="near_copies.csv"' in html  # the per-fraction near-copy shares
 
 
 def test_provenance_names_commit_params_hash_and_lock_checksums(tmp_path, monkeypatch):

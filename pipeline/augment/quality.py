@@ -249,11 +249,14 @@ def table_rows(evals: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, An
 FRACTION_PREFIX = "near_copy_share_"
 
 
-def fraction_near_copy_table(evals: Mapping[str, Mapping[str, Any]]) -> str:
-    """Markdown table of the near-copy share per model (rows) and training fraction (columns).
+def fraction_near_copy_rows(
+    evals: Mapping[str, Mapping[str, Any]],
+) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """The near-copy share per model and training fraction: ``(columns, rows)``.
 
     Reads the ``near_copy_share_f<fraction>`` keys of ``gvae ct-quality --fractions``; sets
-    without them (the real floor) are left out. Empty string when no set has any.
+    without them (the real floor) are left out. ``columns`` are the ``f<fraction>`` names,
+    largest fraction first; each row maps them (and ``threshold``) to raw values.
     """
     rows = {
         name: {
@@ -263,16 +266,42 @@ def fraction_near_copy_table(evals: Mapping[str, Mapping[str, Any]]) -> str:
         }
         for name, m in evals.items()
     }
-    rows = {name: r for name, r in rows.items() if r}
+    rows = {
+        name: {"threshold": evals[name].get("near_copy_threshold"), **r}
+        for name, r in rows.items()
+        if r
+    }
+    columns = sorted(
+        {c for r in rows.values() for c in r if c != "threshold"}, key=lambda c: -float(c[1:])
+    )
+    return columns, rows
+
+
+def fraction_near_copy_table(evals: Mapping[str, Mapping[str, Any]]) -> str:
+    """Markdown table of the near-copy share per model (rows) and training fraction (columns).
+
+    Empty string when no set was checked per fraction.
+    """
+    columns, rows = fraction_near_copy_rows(evals)
     if not rows:
         return ""
-    columns = sorted({c for r in rows.values() for c in r}, key=lambda c: -float(c[1:]))
     lines = [
         "| set | threshold | " + " | ".join(f"near-copies {c}" for c in columns) + " |",
         "|" + "---|" * (len(columns) + 2),
     ]
     for name, r in rows.items():
         cells = [_fmt(r.get(c), "{:.3f}") for c in columns]
-        threshold = _fmt(evals[name].get("near_copy_threshold"), "{:.2f}")
-        lines.append(f"| {name} | {threshold} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | {_fmt(r['threshold'], '{:.2f}')} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def fraction_near_copy_csv(evals: Mapping[str, Mapping[str, Any]]) -> str:
+    """The same table as CSV at full precision (``near_copy_share_<fraction>`` columns)."""
+    columns, rows = fraction_near_copy_rows(evals)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["set", "near_copy_threshold", *(FRACTION_PREFIX + c for c in columns)])
+    for name, r in rows.items():
+        values = [r.get(k) for k in ["threshold", *columns]]
+        writer.writerow([name] + ["" if v is None else v for v in values])
+    return buf.getvalue()

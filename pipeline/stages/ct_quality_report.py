@@ -4,8 +4,8 @@ Reads every ``<set>/metrics.json`` under ``--evals`` (written by ``gvae ct-quali
 folder per model plus the ``--reference`` floor) and writes ``table.md`` and ``table.csv``
 into ``--out`` (one folder, replaced atomically). Rows: the real test split (target), the real
 train floor, then the models in ``--order`` (default: folder names, sorted). When the sets
-were checked per training fraction (``gvae ct-quality --fractions``), ``near_copies.md`` gives
-each model's near-copy share per fraction.
+were checked per training fraction (``gvae ct-quality --fractions``), ``near_copies.md`` (and
+``near_copies.csv``, full precision) gives each model's near-copy share per fraction.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ def read_evals(evals_dir: Path, order: list[str] | None = None) -> dict[str, dic
 def run(evals_dir: str | os.PathLike, out_dir: str | os.PathLike, order=None) -> dict:
     """Build the table from ``evals_dir`` and write ``table.md`` + ``table.csv`` to ``out_dir``."""
     from pipeline.augment.quality import (
+        fraction_near_copy_csv,
         fraction_near_copy_table,
         quality_csv,
         quality_table,
@@ -56,6 +57,7 @@ def run(evals_dir: str | os.PathLike, out_dir: str | os.PathLike, order=None) ->
         (tmp / "table.csv").write_text(quality_csv(rows))
         if by_fraction:
             (tmp / "near_copies.md").write_text(by_fraction)
+            (tmp / "near_copies.csv").write_text(fraction_near_copy_csv(evals))
     return rows
 
 
