@@ -294,6 +294,49 @@ def test_tiny_grid_writes_everything_and_resumes(tmp_path, folders):
     )  # a different setting invalidates the old runs
 
 
+def test_differences_are_paired_against_real_and_against_classical(tmp_path):
+    """Each row carries Dice - real and Dice - real+classical, both paired per patient over the
+    seed-averaged Dice; a fraction without real+classical gets n/a, not a number."""
+    from pipeline.augment.results import aggregate, table_markdown, write_results
+
+    cases = ["P1", "P2", "P3", "P4"]
+
+    def rec(cond, frac, seed, dice):
+        patients = {c: {"dice": d, "hd95": 5.0} for c, d in zip(cases, dice, strict=True)}
+        return {"condition": cond, "fraction": frac, "seed": seed, "n_train_patients": 4,
+                "n_real": 12, "n_synthetic": 0, "patients": patients, "seconds": 1.0}  # fmt: skip
+
+    real = [0.5, 0.6, 0.7, 0.8]
+    classical = [0.6, 0.6, 0.8, 0.9]
+    syn = {0: [0.5, 0.7, 0.7, 0.8], 1: [0.6, 0.7, 0.8, 0.9]}  # per-patient mean 0.55, .7, .75, .85
+    records = [rec("real", 1.0, 0, real), rec("real+classical", 1.0, 0, classical)]
+    records += [rec("real+classical+syn:gvae", 1.0, s, d) for s, d in syn.items()]
+    records += [rec("real", 0.5, 0, real), rec("real+syn:gvae", 0.5, 0, classical)]
+    params = SegmentParams(**TINY)
+    rows = {(r["condition"], r["fraction"]): r for r in aggregate(records, params)}
+    mixed = rows[("real+classical+syn:gvae", 1.0)]
+    mean_syn = np.mean(list(syn.values()), axis=0)
+    assert mixed["diff_vs_real"] == pytest.approx(np.mean(mean_syn - real))  # +0.0625
+    assert mixed["diff_vs_classical"] == pytest.approx(np.mean(mean_syn - classical))  # -0.0125
+    assert mixed["diff_classical_lo"] <= mixed["diff_vs_classical"] <= mixed["diff_classical_hi"]
+    assert rows[("real+classical", 1.0)]["diff_vs_classical"] == 0.0
+    assert rows[("real", 1.0)]["diff_vs_classical"] == pytest.approx(-0.075)
+    assert math.isnan(rows[("real+syn:gvae", 0.5)]["diff_vs_classical"])  # no classical at f0.5
+    assert rows[("real+syn:gvae", 0.5)]["diff_vs_real"] == pytest.approx(0.075)
+
+    table = table_markdown(list(rows.values()), params).splitlines()
+    assert "| Dice - real+classical [95% CI] |" in table[2]
+    f05 = next(line for line in table if line.startswith("| real+syn:gvae | 0.5 |"))
+    assert f05.split("|")[9].strip() == "n/a [n/a, n/a]"
+    write_results(records, params, tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["f1.0"]["real+classical+syn:gvae"]["diff_vs_classical"] == pytest.approx(-0.0125)
+    assert metrics["f0.5"]["real+syn:gvae"]["diff_vs_classical"] is None  # strict JSON, no NaN
+    (row,) = [r for r in csv.DictReader((tmp_path / "results.csv").open()) if r["fraction"] == "0.5"
+              and r["condition"] == "real+syn:gvae"]  # fmt: skip
+    assert row["diff_vs_classical"] == ""
+
+
 def test_worker_processes_write_what_a_serial_grid_writes(tmp_path, folders):
     """segment.workers spreads the runs over processes; each run is seeded, so every run JSON
     (its time aside) and every table row equal the serial grid's."""

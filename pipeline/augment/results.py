@@ -2,9 +2,10 @@
 
 For each (condition, fraction): every test patient's Dice is averaged over the seeds first (the
 seeds measure training noise, the patients the population), then the mean over patients gets a
-percentile-bootstrap CI (``pipeline.augment.stats``). The difference to ``real`` at the same
-fraction is paired per patient. HD95 is aggregated the same way, ignoring NaNs (a patient with
-no slice where both prediction and ground truth are non-empty has no HD95).
+percentile-bootstrap CI (``pipeline.augment.stats``). The differences to ``real`` and to
+``real+classical`` at the same fraction are paired per patient: synthetic data has to beat
+classical augmentation, not only real-only training. HD95 is aggregated the same way, ignoring
+NaNs (a patient with no slice where both prediction and ground truth are non-empty has no HD95).
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ from pipeline.io.atomic import atomic_path, write_json
 from pipeline.params_segment import SegmentParams
 
 BASELINE = "real"
+CLASSICAL = "real+classical"  # the second baseline: classical augmentation alone
 COLUMNS = (
     "condition", "fraction", "n_train_patients", "n_patients", "n_seeds", "n_real",
     "n_synthetic", "dice", "dice_lo", "dice_hi", "diff_vs_real", "diff_lo", "diff_hi",
+    "diff_vs_classical", "diff_classical_lo", "diff_classical_hi",
     "hd95_mm", "hd95_lo", "hd95_hi", "seconds",
 )  # fmt: skip
 
@@ -44,6 +47,18 @@ def per_patient(records: list[dict], key: str) -> dict[str, float]:
     return out
 
 
+def _paired(
+    dice: dict[str, float], cases: list[str], base: list[dict] | None, ci: dict, what: str
+) -> tuple[float, float, float]:
+    """Per-patient paired difference ``dice - base`` with its CI; NaNs when ``base`` did not run."""
+    if base is None:
+        return (math.nan,) * 3
+    ref = per_patient(base, "dice")
+    if sorted(ref) != cases:
+        raise ValueError(f"{what} scored different patients")
+    return paired_difference([dice[c] for c in cases], [ref[c] for c in cases], **ci)
+
+
 def aggregate(records: list[dict], params: SegmentParams) -> list[dict]:
     """One row per (condition, fraction) in run order; see ``COLUMNS``."""
     groups: dict[tuple[str, float], list[dict]] = {}
@@ -57,13 +72,12 @@ def aggregate(records: list[dict], params: SegmentParams) -> list[dict]:
         cases = sorted(dice)
         d, d_lo, d_hi = bootstrap_ci([dice[c] for c in cases], **ci)
         h, h_lo, h_hi = bootstrap_ci([hd[c] for c in cases], **ci)
-        base = groups.get((BASELINE, frac))
-        diff = (math.nan,) * 3
-        if base is not None:
-            ref = per_patient(base, "dice")
-            if sorted(ref) != cases:
-                raise ValueError(f"{cond} and {BASELINE} at f={frac} scored different patients")
-            diff = paired_difference([dice[c] for c in cases], [ref[c] for c in cases], **ci)
+        diff = {
+            base: _paired(
+                dice, cases, groups.get((base, frac)), ci, f"{cond} and {base} at f={frac}"
+            )
+            for base in (BASELINE, CLASSICAL)
+        }
         rows.append(
             {
                 "condition": cond,
@@ -74,7 +88,9 @@ def aggregate(records: list[dict], params: SegmentParams) -> list[dict]:
                 "n_real": int(np.mean([r["n_real"] for r in runs])),
                 "n_synthetic": int(np.mean([r["n_synthetic"] for r in runs])),
                 "dice": d, "dice_lo": d_lo, "dice_hi": d_hi,
-                "diff_vs_real": diff[0], "diff_lo": diff[1], "diff_hi": diff[2],
+                "diff_vs_real": diff[BASELINE][0], "diff_lo": diff[BASELINE][1],
+                "diff_hi": diff[BASELINE][2], "diff_vs_classical": diff[CLASSICAL][0],
+                "diff_classical_lo": diff[CLASSICAL][1], "diff_classical_hi": diff[CLASSICAL][2],
                 "hd95_mm": h, "hd95_lo": h_lo, "hd95_hi": h_hi,
                 "seconds": float(np.mean([r.get("seconds", math.nan) for r in runs])),
             }
@@ -112,11 +128,13 @@ def table_markdown(rows: list[dict], params: SegmentParams) -> str:
     lines = [
         f"Test-set pancreas Dice per condition and training fraction: mean over patients of the "
         f"seed-averaged per-patient Dice, {level}% percentile-bootstrap CI over patients "
-        f"({params.n_boot} resamples); difference paired per patient against `{BASELINE}`.",
+        f"({params.n_boot} resamples); differences paired per patient against `{BASELINE}` "
+        f"and `{CLASSICAL}`.",
         "",
         "| condition | fraction | train patients | test patients | seeds | real / syn slices "
-        f"| Dice [{level}% CI] | Dice - real [{level}% CI] | HD95 mm [{level}% CI] |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| Dice [{level}% CI] | Dice - real [{level}% CI] "
+        f"| Dice - real+classical [{level}% CI] | HD95 mm [{level}% CI] |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
@@ -124,6 +142,8 @@ def table_markdown(rows: list[dict], params: SegmentParams) -> str:
             f"{r['n_patients']} | {r['n_seeds']} | {r['n_real']} / {r['n_synthetic']} | "
             f"{_fmt(r['dice'])} [{_fmt(r['dice_lo'])}, {_fmt(r['dice_hi'])}] | "
             f"{_fmt(r['diff_vs_real'])} [{_fmt(r['diff_lo'])}, {_fmt(r['diff_hi'])}] | "
+            f"{_fmt(r['diff_vs_classical'])} [{_fmt(r['diff_classical_lo'])}, "
+            f"{_fmt(r['diff_classical_hi'])}] | "
             f"{_fmt(r['hd95_mm'], 1)} [{_fmt(r['hd95_lo'], 1)}, {_fmt(r['hd95_hi'], 1)}] |"
         )
     return "\n".join(lines) + "\n"

@@ -119,6 +119,7 @@ def main(args: argparse.Namespace) -> int:
         print(
             f"  {row['condition']:<28} f={row['fraction']:<5g} Dice {row['dice']:.3f} "
             f"[{row['dice_lo']:.3f}, {row['dice_hi']:.3f}]  vs real {row['diff_vs_real']:+.3f}"
+            f"  vs classical {row['diff_vs_classical']:+.3f}"
         )
     print(
         f"gvae segment: {summary['runs']} runs ({summary['executed']} executed, "
