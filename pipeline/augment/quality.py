@@ -277,12 +277,12 @@ def fraction_near_copy_rows(
     return columns, rows
 
 
-def fraction_near_copy_table(evals: Mapping[str, Mapping[str, Any]]) -> str:
-    """Markdown table of the near-copy share per model (rows) and training fraction (columns).
+def fraction_near_copy_table(by_fraction: tuple[list[str], dict[str, dict[str, Any]]]) -> str:
+    """Markdown table of ``fraction_near_copy_rows``: models (rows) by training fraction (columns).
 
     Empty string when no set was checked per fraction.
     """
-    columns, rows = fraction_near_copy_rows(evals)
+    columns, rows = by_fraction
     if not rows:
         return ""
     lines = [
@@ -295,9 +295,9 @@ def fraction_near_copy_table(evals: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def fraction_near_copy_csv(evals: Mapping[str, Mapping[str, Any]]) -> str:
+def fraction_near_copy_csv(by_fraction: tuple[list[str], dict[str, dict[str, Any]]]) -> str:
     """The same table as CSV at full precision (``near_copy_share_<fraction>`` columns)."""
-    columns, rows = fraction_near_copy_rows(evals)
+    columns, rows = by_fraction
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["set", "near_copy_threshold", *(FRACTION_PREFIX + c for c in columns)])

@@ -26,6 +26,11 @@ from pipeline.params_segment import SegmentParams
 
 BASELINE = "real"
 CLASSICAL = "real+classical"  # the second baseline: classical augmentation alone
+# Each baseline's (difference, lo, hi) columns.
+DIFF_COLUMNS = {
+    BASELINE: ("diff_vs_real", "diff_lo", "diff_hi"),
+    CLASSICAL: ("diff_vs_classical", "diff_classical_lo", "diff_classical_hi"),
+}
 COLUMNS = (
     "condition", "fraction", "n_train_patients", "n_patients", "n_seeds", "n_real",
     "n_synthetic", "dice", "dice_lo", "dice_hi", "diff_vs_real", "diff_lo", "diff_hi",
@@ -72,12 +77,12 @@ def aggregate(records: list[dict], params: SegmentParams) -> list[dict]:
         cases = sorted(dice)
         d, d_lo, d_hi = bootstrap_ci([dice[c] for c in cases], **ci)
         h, h_lo, h_hi = bootstrap_ci([hd[c] for c in cases], **ci)
-        diff = {
-            base: _paired(
+        diff = {}
+        for base, keys in DIFF_COLUMNS.items():
+            paired = _paired(
                 dice, cases, groups.get((base, frac)), ci, f"{cond} and {base} at f={frac}"
             )
-            for base in (BASELINE, CLASSICAL)
-        }
+            diff.update(zip(keys, paired, strict=True))
         rows.append(
             {
                 "condition": cond,
@@ -88,9 +93,7 @@ def aggregate(records: list[dict], params: SegmentParams) -> list[dict]:
                 "n_real": int(np.mean([r["n_real"] for r in runs])),
                 "n_synthetic": int(np.mean([r["n_synthetic"] for r in runs])),
                 "dice": d, "dice_lo": d_lo, "dice_hi": d_hi,
-                "diff_vs_real": diff[BASELINE][0], "diff_lo": diff[BASELINE][1],
-                "diff_hi": diff[BASELINE][2], "diff_vs_classical": diff[CLASSICAL][0],
-                "diff_classical_lo": diff[CLASSICAL][1], "diff_classical_hi": diff[CLASSICAL][2],
+                **diff,
                 "hd95_mm": h, "hd95_lo": h_lo, "hd95_hi": h_hi,
                 "seconds": float(np.mean([r.get("seconds", math.nan) for r in runs])),
             }

@@ -43,6 +43,7 @@ def run(evals_dir: str | os.PathLike, out_dir: str | os.PathLike, order=None) ->
     """Build the table from ``evals_dir`` and write ``table.md`` + ``table.csv`` to ``out_dir``."""
     from pipeline.augment.quality import (
         fraction_near_copy_csv,
+        fraction_near_copy_rows,
         fraction_near_copy_table,
         quality_csv,
         quality_table,
@@ -51,13 +52,13 @@ def run(evals_dir: str | os.PathLike, out_dir: str | os.PathLike, order=None) ->
 
     evals = read_evals(Path(evals_dir), order)
     rows = table_rows(evals)
-    by_fraction = fraction_near_copy_table(evals)
+    by_fraction = fraction_near_copy_rows(evals)  # once, for both formats
     with atomic_dir(out_dir) as tmp:
         (tmp / "table.md").write_text(quality_table(rows))
         (tmp / "table.csv").write_text(quality_csv(rows))
-        if by_fraction:
-            (tmp / "near_copies.md").write_text(by_fraction)
-            (tmp / "near_copies.csv").write_text(fraction_near_copy_csv(evals))
+        if by_fraction[1]:
+            (tmp / "near_copies.md").write_text(fraction_near_copy_table(by_fraction))
+            (tmp / "near_copies.csv").write_text(fraction_near_copy_csv(by_fraction))
     return rows
 
 
