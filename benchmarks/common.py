@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from pipeline.io.atomic import write_json
+from common.atomic import write_json
 
 
 def sync(device: torch.device) -> None:

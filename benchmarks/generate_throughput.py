@@ -27,11 +27,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import common  # noqa: E402
-
 from models.registry import build_model  # noqa: E402
-from models.trainer import resolve_device  # noqa: E402
+from models.train.trainer import resolve_device  # noqa: E402
 from pipeline.augment.generate import classify, generate_pairs, split_pair  # noqa: E402
-from pipeline.config import load_model_config, load_section, with_overrides  # noqa: E402
+from pipeline.params.loader import load_model_config, load_section, with_overrides  # noqa: E402
 
 
 def timed(fn, device: torch.device) -> tuple[float, object]:

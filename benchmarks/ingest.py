@@ -8,7 +8,7 @@ slices/s (best and median of N) for: our series read (DICOM -> int16 HU + affine
 per-case ingest (hash + read + label + two gzipped NIfTI files), and SimpleITK's
 ``ImageSeriesReader`` (GDCM) reading the same files, with the ratios to SimpleITK.
 
-Then scaling with workers: the whole stage (``pipeline.stages.ingest.run``, manifest included)
+Then scaling with workers: the whole stage (``pipeline.cohort.ingest.run``, manifest included)
 on a cohort of ``--cases`` case folders that are symbolic links to the one mirrored patient,
 once per ``--workers`` value, as slices/s and the speed-up over the first value.
 """
@@ -29,9 +29,9 @@ import SimpleITK as sitk
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.config import IngestParams  # noqa: E402
+from pipeline.cohort.ingest import ingest_case, label_path_for, run  # noqa: E402
 from pipeline.io.dicom_read import list_files, read_series  # noqa: E402
-from pipeline.stages.ingest import ingest_case, label_path_for, run  # noqa: E402
+from pipeline.params.loader import IngestParams  # noqa: E402
 
 
 def find_pancreas(arg: str | None) -> Path:

@@ -3,7 +3,7 @@
     python benchmarks/segment_throughput.py [--sizes 64 128] [--augment none all]
         [--warmup 1] [--steps 10] [--batch-size N] [--threads N] [--device auto] [--json FILE]
 
-Runs ``pipeline.augment.segment.train_segmenter`` itself, the function every run of the
+Runs ``pipeline.augment.segment.train.train_segmenter`` itself, the function every run of the
 segmentation grid calls: MONAI's 2D UNet as configured in ``params.yaml`` (``segment.unet``,
 profile applied), ``DiceCELoss(sigmoid=True, batch=True)``, Adam, bf16 autocast on CUDA, and
 per-sample classical augmentation (MONAI, on the CPU) for the flagged samples. ``--augment
@@ -27,10 +27,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import common  # noqa: E402
-
-from models.trainer import resolve_device  # noqa: E402
-from pipeline.augment.segment import train_segmenter  # noqa: E402
-from pipeline.config import load_section, with_overrides  # noqa: E402
+from models.train.trainer import resolve_device  # noqa: E402
+from pipeline.augment.segment.train import train_segmenter  # noqa: E402
+from pipeline.params.loader import load_section, with_overrides  # noqa: E402
 
 
 def random_pairs(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -7,7 +7,7 @@
 Per model and geometry (SIZExCHANNELS: 1 channel = MNIST-like with the ``models.<name>``
 config, 2 channels = CT image + mask with the ``ct`` overrides; random data, nothing is
 downloaded) the same network, built from ``params.yaml`` with the same seed, is trained twice
-in one run: through ``models.trainer.train`` and through a minimal PyTorch loop that calls the
+in one run: through ``models.train.trainer.train`` and through a minimal PyTorch loop that calls the
 model's own ``critic_loss``/``losses`` with the trainer's optimizer and nothing else (no loss
 logging, finiteness checks, checkpoints or sample grids). Warm-up steps are excluded; the
 printed ratio trainer/hand is the trainer's overhead. FLOPs per step come from
@@ -34,12 +34,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import common  # noqa: E402
-
-import models.trainer as trainer_module  # noqa: E402
-from models.optim import make_optimizer  # noqa: E402
+import models.train.trainer as trainer_module  # noqa: E402
 from models.registry import build_model  # noqa: E402
-from models.trainer import resolve_device, train  # noqa: E402
-from pipeline.config import load_model_config, load_params_models, with_overrides  # noqa: E402
+from models.train.optim import make_optimizer  # noqa: E402
+from models.train.trainer import resolve_device, train  # noqa: E402
+from pipeline.params.loader import load_model_config, load_params_models, with_overrides  # noqa: E402
 
 
 def geometry(text: str) -> tuple[int, int]:
@@ -150,7 +149,7 @@ def clocked_tqdm(window: common.Window, begin_at: int, end_at: int, done: list[f
 
 
 def trainer_run(model, data, cfg, warmup: int, steps: int) -> dict[str, Any]:
-    """Time ``steps`` steps of ``models.trainer.train`` after ``warmup`` steps.
+    """Time ``steps`` steps of ``models.train.trainer.train`` after ``warmup`` steps.
 
     The run has ``warmup + steps + 1`` steps with the checkpoint and the sample grid only at
     the end (outside the window). Returns the window, the trainer's summary and ``save_s``.

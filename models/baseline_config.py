@@ -14,7 +14,7 @@ from models.config import NetConfig, VAEGANConfig
 
 
 class AEConfig(NetConfig):
-    """Deterministic autoencoder: mean squared reconstruction error only (``models.ae``)."""
+    """Deterministic autoencoder: mean squared reconstruction error only (``models.zoo.ae``)."""
 
     eval_posterior_std: float = Field(
         0.1,
@@ -60,7 +60,7 @@ class WGANConfig(NetConfig):
 
 
 class GANDriftRegConfig(GANConfig):
-    """GAN with the generator drift regulariser of Su 2018 (``models.gan``)."""
+    """GAN with the generator drift regulariser of Su 2018 (``models.zoo.gan``)."""
 
     drift_weight: float = Field(
         1.0, ge=0.0, description="lambda of lambda * ||G(z) - G_old(z)||^2 (summed over pixels)"

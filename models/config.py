@@ -1,7 +1,7 @@
 """Validated configurations of the generative models and of the one trainer.
 
 Pure pydantic (no torch import), so ``params.yaml`` can be validated without loading a network.
-Every class forbids unknown keys and is frozen (see ``pipeline.config.Frozen``). The defaults
+Every class forbids unknown keys and is frozen (see ``pipeline.params.loader.Frozen``). The defaults
 are the small CPU profile (32x32, ~1500 steps in minutes); paper-scale values are noted beside
 each field and belong in ``params.yaml``.
 """
@@ -12,7 +12,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from pipeline.params_base import Frozen
+from common.frozen import Frozen
 
 Likelihood = Literal["bernoulli", "gaussian"]
 # Critics never use batch norm: the WGAN-GP penalty is a per-sample gradient norm, and batch
@@ -174,7 +174,7 @@ class DDPMConfig(Frozen):
 
 
 class TrainConfig(Frozen):
-    """The one trainer's settings (``models.trainer.train``).
+    """The one trainer's settings (``models.train.trainer.train``).
 
     ``critic_lr``/``critic_betas`` default to ``lr``/``adam_betas``. WGAN-GP's paper values are
     lr 1e-4 with betas (0, 0.9) for both networks; GVAE's are Adam, lr 1e-4, batch 32.

@@ -16,19 +16,19 @@ from models.base import GenerativeModel
 from models.config import NetConfig
 
 _MODULES = (
-    "models.vae",
-    "models.wgan_gp",
-    "models.vae_gan",
-    "models.gvae",
-    "models.ae",
-    "models.beta_tcvae",
-    "models.gan",
-    "models.wgan",
-    "models.constrained_vae_gan",
-    "models.aae",
-    "models.alpha_gan",
-    "models.ali",
-    "models.ddpm",
+    "models.zoo.vae",
+    "models.zoo.wgan_gp",
+    "models.zoo.vae_gan",
+    "models.zoo.gvae",
+    "models.zoo.ae",
+    "models.zoo.beta_tcvae",
+    "models.zoo.gan",
+    "models.zoo.wgan",
+    "models.zoo.constrained_vae_gan",
+    "models.zoo.aae",
+    "models.zoo.alpha_gan",
+    "models.zoo.ali",
+    "models.zoo.ddpm",
 )
 _REGISTRY: dict[str, tuple[type[GenerativeModel], type[NetConfig]]] = {}
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.io.atomic import write_json
+from common.atomic import write_json
 from pipeline.io.shards import FORMAT, INDEX_NAME, ShardWriter
 
 AXES = {"image": "(N, 1, row, col)", "row": "anterior -> posterior", "col": "right -> left"}

@@ -4,7 +4,7 @@ tests/test_ddp.py prepares ROOT (params.yaml, an MNIST-format data folder) and c
 this writes with one-process runs. Each rank:
 
 1. opens the process group from torchrun's environment with the function ``gvae train`` uses
-   (``models.distributed.process_group``) and runs ``gvae train --model vae`` through the CLI
+   (``models.train.distributed.process_group``) and runs ``gvae train --model vae`` through the CLI
    inside it. One group per process: gloo cannot reliably open a second default group in
    the same torchrun launch (it may reconnect to the first group's addresses);
 2. in float64 (tests/test_ddp.py says why), per ``MODELS`` entry, trains 4 steps uninterrupted,
@@ -117,7 +117,7 @@ def _error(fn) -> str | None:
 
 
 def _trainer_runs(root: Path, rank: int) -> dict[str, str | None]:
-    from models.trainer import train
+    from models.train.trainer import train
 
     torch.set_default_dtype(torch.float64)
     runs, results, data = root / "runs", root / "results", tiny_data()
@@ -151,7 +151,7 @@ def _trainer_runs(root: Path, rank: int) -> dict[str, str | None]:
 
 def main(root: Path) -> None:
     """Run the steps of the module docstring on this rank."""
-    from models.distributed import process_group
+    from models.train.distributed import process_group
     from pipeline.cli import main as cli
 
     torch.set_num_threads(1)

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.io.atomic import write_json
+from common.atomic import write_json
 from pipeline.io.shards import FORMAT, INDEX_NAME, ShardWriter
 
 from .ct_fixtures import AXES

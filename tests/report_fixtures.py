@@ -1,7 +1,8 @@
 """A tiny run tree for ``gvae report``: every input it reads, in the formats the stages write.
 
 Tables and the segmentation outputs come from the writers themselves (``gvae tables``'
-``build_table``, ``ct-quality-report``'s ``run``, ``pipeline.augment.results.write_results``);
+``build_table``, ``ct-quality-report``'s ``run``,
+``pipeline.augment.segment.results.write_results``);
 images are small PNGs of known sizes; ``memorization.json`` and ``dvc.lock`` follow the
 records ``gvae ct-quality`` and DVC write.
 """
@@ -41,7 +42,7 @@ def png(path: Path, size: tuple[int, int], seed: int, mode: str = "L") -> None:
 
 
 def _quality_metrics(reference: bool, seed: int) -> dict:
-    from pipeline.augment.quality import TABLE_COLUMNS
+    from pipeline.augment.quality.metrics import TABLE_COLUMNS
 
     rng = np.random.default_rng(seed)
     keys = [k for k, _, _ in TABLE_COLUMNS] + ["ms_ssim_real", "real_hu_mean", "real_hu_sd"]
@@ -99,10 +100,10 @@ def make_run_tree(root: Path, datasets: tuple[str, ...] = ("mnist",)) -> dict[st
 
     Returns the paths ``gvae report`` takes (params, the input folders, lock, repo, out).
     """
-    from pipeline.augment.results import write_results
-    from pipeline.params_segment import SegmentParams
-    from pipeline.stages import ct_quality_report
-    from pipeline.stages.tables import build_table
+    from pipeline.augment.quality.metrics import report as ct_quality_report
+    from pipeline.augment.segment.results import write_results
+    from pipeline.params.segment import SegmentParams
+    from pipeline.sanity.tables import build_table
 
     data = root / "data"
     params = {

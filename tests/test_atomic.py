@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from pipeline.io.atomic import atomic_dir, atomic_path, write_json
+from common.atomic import atomic_dir, atomic_path, write_json
 
 
 def test_atomic_path_keeps_old_content_on_error(tmp_path):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.classifier import (
+from models.eval.classifier import (
     MnistClassifier,
     accuracy,
     features,
@@ -17,10 +17,10 @@ from models.classifier import (
     save_classifier,
     train_classifier,
 )
-from pipeline import config
 from pipeline.cli import main as cli_main
-from pipeline.params_eval import ClassifierParams
-from pipeline.stages.mnist import load_mnist_split
+from pipeline.params import loader as config
+from pipeline.params.sanity import ClassifierParams
+from pipeline.sanity.data import load_mnist_split
 
 TINY = {"steps": 60, "batch_size": 32, "lr": 3e-3, "seed": 0, "channels": (4, 8), "feature_dim": 16}
 
@@ -120,7 +120,7 @@ def test_params_reject_unknown_keys():
 @pytest.mark.real_data
 def test_real_mnist_short_training(real_data_dir):
     """A third of the default budget already separates real MNIST digits well."""
-    from pipeline.stages.mnist import fetch_dataset, to_model_images
+    from pipeline.sanity.data import fetch_dataset, to_model_images
 
     arrays, _ = fetch_dataset("mnist", real_data_dir)
     x = torch.from_numpy(to_model_images(arrays["x_train"][:20000]))
@@ -132,7 +132,7 @@ def test_real_mnist_short_training(real_data_dir):
 
 
 def test_thread_setting_is_restored():
-    from models.classifier import num_threads
+    from models.eval.classifier import num_threads
 
     before = torch.get_num_threads()
     with num_threads(1):

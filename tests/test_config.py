@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from models.registry import available
 from pipeline.cli import main
-from pipeline.config import (
+from pipeline.params.loader import (
     ParamsError,
     SlicesParams,
     SplitParams,

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.augment import quality as Q
-from pipeline.augment.features import (
+from pipeline.augment.quality import metrics as Q
+from pipeline.augment.quality.features import (
     CtFeatureNet,
     dihedral,
     features,
@@ -26,9 +26,9 @@ from pipeline.augment.features import (
     save_feature_net,
     train_feature_net,
 )
+from pipeline.cohort.slicing import window_hu
 from pipeline.io.shards import FORMAT, ShardWriter, load_slices
-from pipeline.params_quality import CtFeatureParams, MemorizationParams, QualityParams
-from pipeline.slicing import window_hu
+from pipeline.params.quality import CtFeatureParams, MemorizationParams, QualityParams
 
 SIZE = 32
 PIXEL_MM = 400.0 / SIZE
@@ -57,7 +57,7 @@ def toy_ct(n: int, seed: int = 0, size: int = SIZE) -> tuple[np.ndarray, np.ndar
 
 
 def write_slices(folder, splits: dict, source: dict | None = None, size: int = SIZE) -> None:
-    """A slices folder in the real format (``pipeline.stages.slices._index``) from arrays."""
+    """A slices folder in the real format (``pipeline.cohort.write_slices._index``) from arrays."""
     entries, cases = {}, {}
     for split, (img, msk) in splits.items():
         writer = ShardWriter(folder / split, 16, prefix=f"{split}/")
@@ -246,7 +246,9 @@ def folders(tmp_path_factory):
 
 
 def test_stages_end_to_end(folders, tmp_path, monkeypatch, capsys):
-    from pipeline.stages import ct_features, ct_quality, ct_quality_report
+    from pipeline.augment.quality.metrics import evaluate as ct_quality
+    from pipeline.augment.quality.metrics import report as ct_quality_report
+    from pipeline.augment.quality.metrics import train_features as ct_features
 
     summary = ct_features.run(FP, folders / "slices", tmp_path / "feat")
     assert summary["heldout_split"] == "val" and summary["n_heldout"] == 10
@@ -272,7 +274,7 @@ def test_stages_end_to_end(folders, tmp_path, monkeypatch, capsys):
     assert ref["near_copy_share"] <= 0.1
 
     # CLI path (sections registered here in case the config does not list them yet).
-    from pipeline import config
+    from pipeline.params import loader as config
 
     monkeypatch.setitem(config.SECTIONS, "ct_quality", QualityParams)
     params = tmp_path / "params.yaml"
@@ -292,7 +294,9 @@ def test_stages_end_to_end(folders, tmp_path, monkeypatch, capsys):
 def test_near_copies_per_training_fraction(folders, tmp_path, capsys):
     # Each fraction's generator set is checked against the train split with the f1.0 set's
     # threshold; copies planted in the low-data set are found there and only there.
-    from pipeline.stages import ct_features, ct_quality, ct_quality_report
+    from pipeline.augment.quality.metrics import evaluate as ct_quality
+    from pipeline.augment.quality.metrics import report as ct_quality_report
+    from pipeline.augment.quality.metrics import train_features as ct_features
 
     ct_features.run(FP, folders / "slices", tmp_path / "feat")
     train_img, train_msk = load_slices(folders / "slices", "train")[:2]
@@ -350,7 +354,8 @@ def test_near_copies_per_training_fraction(folders, tmp_path, capsys):
 
 
 def test_quality_refuses_mismatched_synthetic_grid(folders, tmp_path):
-    from pipeline.stages import ct_features, ct_quality
+    from pipeline.augment.quality.metrics import evaluate as ct_quality
+    from pipeline.augment.quality.metrics import train_features as ct_features
 
     ct_features.run(FP, folders / "slices", tmp_path / "feat")
     img, msk = toy_ct(12, 30, size=16)
@@ -368,9 +373,9 @@ def test_quality_refuses_mismatched_synthetic_grid(folders, tmp_path):
 
 
 def test_ct_features_cli_uses_local_weights_instead_of_training(folders, tmp_path, monkeypatch):
-    from pipeline import config
+    from pipeline.augment.quality.metrics import train_features as ct_features
     from pipeline.cli import StageError
-    from pipeline.stages import ct_features
+    from pipeline.params import loader as config
 
     monkeypatch.setitem(config.SECTIONS, "ct_features", CtFeatureParams)
     params = tmp_path / "params.yaml"

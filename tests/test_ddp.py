@@ -7,7 +7,7 @@ Tolerances of the 2-rank vs 1-process comparisons, and why they are not 0: both 
 the same sums in another order. A global batch mean becomes the mean of two shard means,
 batch-norm statistics come from two partial sums, gradients are summed over ranks; each result
 differs by rounding. Random numbers are not a source: every rank draws exactly the one-process
-numbers (models.sharded_random, checked bit for bit below).
+numbers (models.train.sharded_random, checked bit for bit below).
 * Trainer runs compare in float64. In float32, Adam's first step is lr * sign(g) for every
   weight, so a weight whose true gradient is 0 (a convolution bias before batch norm) moves by
   +-lr on rounding noise, and a few GAN steps carry such flips into the losses (measured: a
@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from models.distributed import CPUSyncBatchNorm, Distributed, ShardedRandom, sync_batchnorm
-from models.trainer import train
+from models.train.distributed import CPUSyncBatchNorm, Distributed, ShardedRandom, sync_batchnorm
+from models.train.trainer import train
 from pipeline.cli import main as cli
 
 from .conftest import REPO

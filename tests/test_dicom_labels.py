@@ -22,12 +22,12 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from pipeline.config import IngestParams
+from pipeline.cohort import ingest
 from pipeline.io import dicom_read
 from pipeline.io.dicom_read import LPS_TO_RAS, read_series
 from pipeline.io.label_dicom import CtGrid, ct_grid, fill_contours, read_dicom_label, stack_frames
 from pipeline.io.label_geometry import place_label
-from pipeline.stages import ingest
+from pipeline.params.loader import IngestParams
 from tests.dicom_label_fixtures import write_rtstruct, write_seg
 
 CASE = "PANCREAS_0001"

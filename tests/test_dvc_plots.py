@@ -1,6 +1,7 @@
 """``dvc plots show`` renders offline: the project's plot definitions and page, in Chromium.
 
-The page is built by ``pipeline.io.plots_template`` (``npm ci`` of docs/plots when needed) into a
+The page is built by ``pipeline.report.plots_template`` (``npm ci`` of docs/plots when needed) into
+a
 scratch git + DVC repository that has the project's ``.dvc/config``, its vega-lite templates and
 the top-level ``plots:`` of dvc.yaml, over tiny CSVs at the paths those plots name. Headless
 Chromium runs with every network request refused, so a page that needs the CDN stays blank; the
@@ -23,8 +24,8 @@ import yaml
 from dvc_render.html import PAGE_HTML
 from PIL import Image
 
-from pipeline.augment.results import COLUMNS, results_csv
-from pipeline.io import plots_template
+from pipeline.augment.segment.results import COLUMNS, results_csv
+from pipeline.report import plots_template
 
 REPO = Path(__file__).resolve().parents[1]
 SEGMENT_RESULTS = "data/ct/segment/results.csv"
@@ -208,7 +209,7 @@ def test_loss_plots_name_the_terms_the_trainer_writes(plot_id, tmp_path, request
 
     from models.config import TrainConfig
     from models.registry import build_model
-    from models.trainer import train
+    from models.train.trainer import train
 
     ((props,),) = [list(e.values()) for e in _top_plots() if plot_id in e]
     channels = 2 if plot_id.startswith("ct") else 1  # CT generators learn (image, mask)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from pipeline.config import ParamsError, load_model_config, load_params_models
+from pipeline.params.loader import ParamsError, load_model_config, load_params_models
 
 from .conftest import REPO
 

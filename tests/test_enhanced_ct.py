@@ -16,9 +16,9 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import EnhancedCTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from pipeline.config import IngestParams
+from pipeline.cohort import ingest
 from pipeline.io.dicom_read import read_series
-from pipeline.stages import ingest
+from pipeline.params.loader import IngestParams
 from tests.dicom_variants import CASE, labels_dir, real_series_files
 
 pytestmark = pytest.mark.real_data

@@ -15,11 +15,11 @@ import yaml
 from PIL import Image
 
 from pipeline.cli import main
-from pipeline.config import ParamsError, load_section
+from pipeline.cohort.slicing import window_hu
 from pipeline.export.dicom_set import HU_OFFSET, hu_to_stored, unwindow_hu
 from pipeline.export.privacy import select_slices
 from pipeline.io.shards import load_slices
-from pipeline.slicing import window_hu
+from pipeline.params.loader import ParamsError, load_section
 
 from .conftest import REPO
 from .ct_fixtures import toy_pairs, write_toy_slices

@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from pipeline.cli import main
-from pipeline.config import deep_merge
+from pipeline.params.loader import deep_merge
 
 from .conftest import REPO
 from .export_fixtures import dciodvfy

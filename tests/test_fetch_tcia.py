@@ -21,11 +21,12 @@ import pydicom
 import pytest
 
 from pipeline.cli import main as cli_main
-from pipeline.cohort.tcia import FetchError, parse_series
-from pipeline.cohort.tcia_archive import extract_series
-from pipeline.config import IngestParams
-from pipeline.params_fetch import FetchParams
-from pipeline.stages import fetch_tcia, ingest
+from pipeline.cohort import ingest
+from pipeline.cohort.fetch import download as fetch_tcia
+from pipeline.cohort.fetch.tcia_api import FetchError, parse_series
+from pipeline.cohort.fetch.tcia_archive import extract_series
+from pipeline.params.fetch import FetchParams
+from pipeline.params.loader import IngestParams
 
 pytestmark = pytest.mark.real_data
 

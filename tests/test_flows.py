@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from pipeline.cli import main
-from pipeline.config import ParamsError, load_section
+from pipeline.params.loader import ParamsError, load_section
 
 from .ct_fixtures import toy_pairs, write_toy_slices
 from .export_fixtures import ORTHANC_AET, SENDER_AET, Orthanc, free_port, write_synthetic_set

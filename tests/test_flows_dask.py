@@ -12,11 +12,11 @@ import pytest
 import yaml
 
 from pipeline.cli import main
-from pipeline.config import ParamsError, PhantomParams, load_section
+from pipeline.cohort.phantom import write as phantom
+from pipeline.cohort.phantom.write import IMAGES_DIR, LABELS_DIR
 from pipeline.flows.cohort import LOOPBACK, cohort_dask, task_runner
-from pipeline.params_flows import DaskParams
-from pipeline.stages import phantom
-from pipeline.stages.phantom import IMAGES_DIR, LABELS_DIR
+from pipeline.params.flows import DaskParams
+from pipeline.params.loader import ParamsError, PhantomParams, load_section
 
 from .prefect_fixtures import QUIET
 

@@ -12,7 +12,7 @@ import yaml
 from pipeline.augment.generate import generate_pairs, mask_kind, split_pair
 from pipeline.cli import main
 from pipeline.io.shards import load_slices
-from pipeline.params_ct import GenerateParams
+from pipeline.params.ct import GenerateParams
 
 from .conftest import REPO
 from .ct_fixtures import write_toy_slices
@@ -156,8 +156,8 @@ def test_train_ct_then_generate(tmp_path):
 
 
 def test_fraction_trains_on_the_segmentation_subset(tmp_path):
-    from pipeline.augment.experiment import training_subset
-    from pipeline.config import load_section
+    from pipeline.augment.segment.experiment import training_subset
+    from pipeline.params.loader import load_section
 
     slices = write_toy_slices(tmp_path / "slices", SPLITS)
     params = _params(tmp_path)

@@ -13,12 +13,12 @@ import threading
 import numpy as np
 import pytest
 
-from pipeline import config
 from pipeline.cli import main as cli_main
 from pipeline.io.idx import encode_idx, parse_idx, read_idx
-from pipeline.params_eval import MnistParams
-from pipeline.stages import mnist
-from pipeline.stages.mnist import (
+from pipeline.params import loader as config
+from pipeline.params.sanity import MnistParams
+from pipeline.sanity import data as mnist
+from pipeline.sanity.data import (
     FILES,
     ChecksumError,
     decompress_and_verify,

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from pipeline.config import IngestParams
+from pipeline.cohort import ingest
 from pipeline.io import nifti
 from pipeline.io.dicom_read import affine_ras, read_series, slice_normal
 from pipeline.io.dicom_write import SeriesHeader, slice_positions, write_ct_series
 from pipeline.io.nifti import align_label
-from pipeline.stages import ingest
+from pipeline.params.loader import IngestParams
 
 # HU written only inside the label, so a misaligned label is visible at once; soft tissue, so the
 # label passes ingest's HU plausibility check.

@@ -13,9 +13,9 @@ import pydicom
 import pytest
 
 from pipeline import cli
-from pipeline.config import IngestParams
+from pipeline.cohort import ingest
 from pipeline.io.dicom_write import SeriesHeader, write_ct_series
-from pipeline.stages import ingest
+from pipeline.params.loader import IngestParams
 from tests.test_ingest import make_case
 
 GOOD, BAD = "PANCREAS_0001", "PANCREAS_0002"

@@ -15,12 +15,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from pipeline.cohort.decathlon import DecathlonCase, find_decathlon_cases
+from pipeline.cohort import ingest
+from pipeline.cohort.sources.decathlon import DecathlonCase, find_decathlon_cases
+from pipeline.cohort.sources.decathlon_ingest import decathlon_label
 from pipeline.io.dicom_read import read_series
 from pipeline.io.nifti import write_nifti
-from pipeline.params_ingest import DecathlonParams, IngestParams
-from pipeline.stages import ingest
-from pipeline.stages.ingest_decathlon import decathlon_label
+from pipeline.params.ingest import DecathlonParams, IngestParams
 
 CASE = "PANCREAS_0001"
 

@@ -9,8 +9,8 @@ import pydantic
 import pydicom
 import pytest
 
-from pipeline.config import IngestParams
-from pipeline.stages import ingest
+from pipeline.cohort import ingest
+from pipeline.params.loader import IngestParams
 from tests.test_ingest import make_case
 
 

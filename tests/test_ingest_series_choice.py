@@ -14,9 +14,9 @@ import pytest
 from pydicom.fileset import FileSet
 from pydicom.uid import generate_uid
 
-from pipeline.config import IngestParams
+from pipeline.cohort import ingest
 from pipeline.io.dicom_read import read_series
-from pipeline.stages import ingest
+from pipeline.params.loader import IngestParams
 from tests.dicom_variants import CASE, labels_dir, link_files, real_series_files, rewrite
 
 pytestmark = pytest.mark.real_data

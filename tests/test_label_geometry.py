@@ -17,10 +17,10 @@ import pytest
 import SimpleITK as sitk
 
 from pipeline import cli
-from pipeline.config import IngestParams
+from pipeline.cohort import ingest
 from pipeline.io.dicom_read import read_series
 from pipeline.io.label_geometry import place_label, resample_nearest, voxel_transform
-from pipeline.stages import ingest
+from pipeline.params.loader import IngestParams
 
 CASE = "PANCREAS_0001"
 TOL = {"grid_tolerance_mm": 0.1, "outside_tolerance_mm": 1.0}

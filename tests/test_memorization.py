@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.augment.memorization import (
+from pipeline.augment.quality.memorization import (
     find_near_copies,
     flatten_images,
     k_nearest,

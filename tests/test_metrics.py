@@ -9,13 +9,13 @@ import torch
 from monai.metrics.mmd import compute_mmd
 
 from models.base import kl_standard_normal
-from models.likelihood_metrics import (
+from models.eval.likelihood import (
     elbo_and_kl,
     iwae_bound,
     log_importance_weights,
     reconstruction_error,
 )
-from models.metrics import (
+from models.eval.metrics import (
     _mmd2_from_kernels,
     fid,
     median_bandwidth,
@@ -261,7 +261,7 @@ def test_reconstruction_error_and_model_mode_restored():
 
 
 def test_entropy_collapse_known_trajectories():
-    from models.metrics import entropy_collapse
+    from models.eval.metrics import entropy_collapse
 
     steady = entropy_collapse([0.5, 0.8, 0.95, 0.97], drop=0.15)
     assert not steady["collapsed"] and steady["reason"] is None and steady["largest_drop"] == 0.0

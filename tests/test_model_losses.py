@@ -12,13 +12,13 @@ from pydantic import ValidationError
 from torch import nn
 from torch.distributions import Normal
 
-from models.beta_tcvae import mws_decomposition
 from models.config import TrainConfig
-from models.constrained_vae_gan import hinge
-from models.gan import discriminator_loss, nonsaturating_loss
-from models.optim import make_optimizer
 from models.registry import build_model
-from models.trainer import load_checkpoint, train
+from models.train.optim import make_optimizer
+from models.train.trainer import load_checkpoint, train
+from models.zoo.beta_tcvae import mws_decomposition
+from models.zoo.constrained_vae_gan import hinge
+from models.zoo.gan import discriminator_loss, nonsaturating_loss
 
 TINY = {"latent_dim": 8, "width": 4, "max_width": 8}
 
@@ -84,7 +84,7 @@ def test_mws_terms_sum_to_the_monte_carlo_kl_and_n_shifts_by_constants():
     big = mws_decomposition(z, mu, logvar, 60000)
     for terms in (one, big):
         assert float(sum(terms.values())) == pytest.approx(float(mc_kl), abs=1e-4)
-    log_n = math.log(60000)  # the estimator's constants (models/beta_tcvae.py docstring)
+    log_n = math.log(60000)  # the estimator's constants (models/zoo/beta_tcvae.py docstring)
     assert float(big["tc"] - one["tc"]) == pytest.approx(4 * log_n, abs=1e-3)
     assert float(big["mi"] - one["mi"]) == pytest.approx(log_n, abs=1e-3)
     assert float(big["dwkl"] - one["dwkl"]) == pytest.approx(-5 * log_n, abs=1e-3)

@@ -10,10 +10,10 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from models.ali import JointCritic
 from models.config import ALIConfig
-from models.ddpm import noise_prediction_loss
 from models.registry import build_model
+from models.zoo.ali import JointCritic
+from models.zoo.ddpm import noise_prediction_loss
 
 from .conftest import REPO
 from .tiny_configs import DIFFUSION_TINY

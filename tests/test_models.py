@@ -15,8 +15,8 @@ from models.base import (
 )
 from models.blocks import Critic, stage_widths
 from models.registry import UnknownModelError, available, build_model, lookup
-from models.vae_gan import feature_llike
-from models.wgan_gp import gradient_penalty
+from models.zoo.vae_gan import feature_llike
+from models.zoo.wgan_gp import gradient_penalty
 
 from .tiny_configs import tiny_config
 

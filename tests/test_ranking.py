@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.augment.ranking import FEWER, agreement_markdown, kendall_agreement
-from pipeline.paper_reference import PAPER_TABLES, PAPER_UNITS
-from pipeline.stages.tables import PAPER_COLUMNS, run
+from pipeline.sanity.paper_reference import PAPER_TABLES, PAPER_UNITS
+from pipeline.sanity.ranking import FEWER, agreement_markdown, kendall_agreement
+from pipeline.sanity.tables import PAPER_COLUMNS, run
 
 
 def test_identical_ranking_gives_one_and_reversed_minus_one():

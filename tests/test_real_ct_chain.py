@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from pipeline.cli import main
-from pipeline.config import IngestParams
+from pipeline.cohort import ingest
 from pipeline.io.shards import load_slices, read_index
-from pipeline.stages import ingest
+from pipeline.params.loader import IngestParams
 
 from .conftest import REPO
 

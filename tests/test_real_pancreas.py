@@ -15,8 +15,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from pipeline.config import IngestParams
-from pipeline.stages import ingest
+from pipeline.cohort import ingest
+from pipeline.params.loader import IngestParams
 
 pytestmark = pytest.mark.real_data
 

@@ -17,7 +17,8 @@ import torch
 import yaml
 from pydantic import ValidationError
 
-from pipeline.augment.experiment import (
+from common.atomic import write_json
+from pipeline.augment.segment.experiment import (
     Condition,
     check_leakage,
     expand_conditions,
@@ -26,8 +27,8 @@ from pipeline.augment.experiment import (
     synthetic_folder,
     training_subset,
 )
-from pipeline.augment.grid import run_experiment
-from pipeline.augment.segment import (
+from pipeline.augment.segment.grid import run_experiment
+from pipeline.augment.segment.train import (
     augment_batch,
     classical_augmentation,
     evaluate_patients,
@@ -37,9 +38,8 @@ from pipeline.augment.segment import (
     train_segmenter,
 )
 from pipeline.cli import StageError
-from pipeline.io.atomic import write_json
 from pipeline.io.shards import FORMAT, INDEX_NAME, ShardWriter
-from pipeline.params_segment import SegmentParams
+from pipeline.params.segment import SegmentParams
 from pipeline.stages import segment as stage
 
 SIZE = 16
@@ -297,7 +297,7 @@ def test_tiny_grid_writes_everything_and_resumes(tmp_path, folders):
 def test_differences_are_paired_against_real_and_against_classical(tmp_path):
     """Each row carries Dice - real and Dice - real+classical, both paired per patient over the
     seed-averaged Dice; a fraction without real+classical gets n/a, not a number."""
-    from pipeline.augment.results import aggregate, table_markdown, write_results
+    from pipeline.augment.segment.results import aggregate, table_markdown, write_results
 
     cases = ["P1", "P2", "P3", "P4"]
 

@@ -16,12 +16,12 @@ import pytest
 from pydantic import ValidationError
 
 from pipeline.cli import main as cli_main
-from pipeline.config import SlicesParams, SplitParams
+from pipeline.cohort.slicing import select_slices, slice_case, to_display, window_hu
+from pipeline.cohort.split import split_cases
+from pipeline.cohort.write_slices import run
+from pipeline.io.contact_sheet import Panel, write_contact_sheet
 from pipeline.io.shards import FORMAT, ShardWriter, load_slices, read_shard
-from pipeline.qc import Panel, write_contact_sheet
-from pipeline.slicing import select_slices, slice_case, to_display, window_hu
-from pipeline.split import split_cases
-from pipeline.stages.slices import run
+from pipeline.params.loader import SlicesParams, SplitParams
 
 # fov 100 mm on 32 px -> 3.125 mm pixels: a 4x downsample of the ~0.8 mm synthetic input.
 TINY = SlicesParams(fov_mm=100.0, size=32, negative_fraction=1.0, shard_size=8, centre="body")
@@ -385,7 +385,7 @@ def test_cli_too_few_cases_is_a_clear_error(tmp_path, capsys):
 
 def test_ct_training_pairs_are_image_and_mask_channels(tmp_path):
     """The generative stages see each slice as (image, mask) in [-1, 1]: labels come along."""
-    from pipeline.datasets import load_images
+    from pipeline.sanity.datasets import load_images
 
     volumes = write_volumes(tmp_path / "volumes", five_cases())
     out = tmp_path / "slices"

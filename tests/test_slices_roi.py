@@ -15,10 +15,16 @@ import pytest
 from pydantic import ValidationError
 
 from pipeline.cli import main as cli_main
-from pipeline.config import SlicesParams, SplitParams
+from pipeline.cohort.slicing import (
+    mask_offset_mm,
+    mean_offset_mm,
+    resample_crop,
+    shift_mm,
+    slice_case,
+)
+from pipeline.cohort.write_slices import run
 from pipeline.io.shards import load_slices
-from pipeline.slicing import mask_offset_mm, mean_offset_mm, resample_crop, shift_mm, slice_case
-from pipeline.stages.slices import run
+from pipeline.params.loader import SlicesParams, SplitParams
 from tests.test_slices import TINY, five_cases, phantom, write_volumes
 
 

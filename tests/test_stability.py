@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.params_eval import EvaluateParams
-from pipeline.stages import evaluate
+from pipeline.params.sanity import EvaluateParams
+from pipeline.sanity import evaluate
 
 
 def _one_hot_by_brightness(clf, images, batch_size):
@@ -23,7 +23,7 @@ def _snapshot(run_dir, step: int, classes: list[int]) -> None:
 
 
 def test_snapshots_give_the_trajectory_and_flag_a_collapse(tmp_path, monkeypatch):
-    monkeypatch.setattr("models.classifier.predict_proba", _one_hot_by_brightness)
+    monkeypatch.setattr("models.eval.classifier.predict_proba", _one_hot_by_brightness)
     run_dir = tmp_path / "run"
     _snapshot(run_dir, 100, list(range(10)) * 3)  # every class: entropy log 10
     _snapshot(run_dir, 50, [0, 1] * 15)  # two classes: log 2 / log 10 = 0.301
@@ -39,7 +39,7 @@ def test_snapshots_give_the_trajectory_and_flag_a_collapse(tmp_path, monkeypatch
 
 
 def test_warmup_snapshots_are_not_judged(tmp_path, monkeypatch):
-    monkeypatch.setattr("models.classifier.predict_proba", _one_hot_by_brightness)
+    monkeypatch.setattr("models.eval.classifier.predict_proba", _one_hot_by_brightness)
     run_dir = tmp_path / "run"
     _snapshot(run_dir, 50, list(range(10)) * 3)  # noise of a barely trained net: every class
     _snapshot(run_dir, 100, [0, 1] * 15)  # the first learned shapes

@@ -1,4 +1,5 @@
-"""Bootstrap CIs over patients (pipeline.augment.stats): known answers, determinism, pairing."""
+"""Bootstrap CIs over patients (pipeline.augment.segment.stats): known answers, determinism,
+pairing."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.augment.stats import bootstrap_ci, paired_difference
+from pipeline.augment.segment.stats import bootstrap_ci, paired_difference
 
 
 def test_ci_contains_mean_and_matches_normal_theory():

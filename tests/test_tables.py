@@ -9,8 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from models.grid import tile
-from pipeline.stages.tables import PAPER_COLUMNS, aggregate_seeds, build_table, run
+from models.eval.grid import tile
+from pipeline.sanity.tables import PAPER_COLUMNS, aggregate_seeds, build_table, run
 
 
 def _metrics(model: str, mmd: float, stability: dict | None = None) -> dict:
@@ -118,7 +118,7 @@ def test_missing_evaluation_names_the_folder(tmp_path):
 
 
 def test_adversarial_panels_come_from_critic_terms(tmp_path):
-    from pipeline.augment.stability import adversarial_curves
+    from pipeline.sanity.stability import adversarial_curves
 
     critic = "step,adv,total,critic_wdist\n10,1.0,1.0,0.5\n"
     _write_run(tmp_path, "vae", 0, 0.0, None, "step,rec,kl,total\n10,1,2,3\n")

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from models.config import TrainConfig
-from models.grid import save_grid
+from models.eval.grid import save_grid
 from models.registry import available, build_model
-from models.trainer import BatchSampler, load_checkpoint, train
+from models.train.trainer import BatchSampler, load_checkpoint, train
 
 from .tiny_configs import tiny_config
 

@@ -11,10 +11,10 @@ import yaml
 from PIL import Image
 from torch import nn
 
-from models.traversal import kl_per_dim, top_dims, traversal, traversal_codes
+from models.eval.traversal import kl_per_dim, top_dims, traversal, traversal_codes
 from pipeline.cli import main
-from pipeline.params_eval import TraversalParams
-from pipeline.stages.sample import traversal_grid
+from pipeline.params.sanity import TraversalParams
+from pipeline.sanity.sample import traversal_grid
 
 from .conftest import REPO
 

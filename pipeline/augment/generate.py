@@ -1,6 +1,6 @@
 """Pure cores of ``gvae generate``: a generator's 2-channel output -> labelled synthetic slices.
 
-A CT generator is trained on (image, mask) pairs in [-1, 1] (``pipeline.datasets``), so each
+A CT generator is trained on (image, mask) pairs in [-1, 1] (``pipeline.sanity.datasets``), so each
 sample G(z) carries its own label in channel 1. Thresholding that channel gives the mask; the
 masks a segmentation network should not learn from are then sorted out by explicit rules:
 
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from pipeline.params_ct import GenerateParams
+from pipeline.params.ct import GenerateParams
 
 KINDS = ("ok", "empty", "tiny", "fragmented")
 # 8-connectivity: diagonal neighbours belong to one component, as a reader would see them.

@@ -1,6 +1,6 @@
 """Label checks of one ingested case: a label placed on its CT grid by geometry, then its HU.
 
-The pure core of ``gvae ingest`` (``pipeline/stages/ingest.py`` reads and writes the files):
+The pure core of ``gvae ingest`` (``pipeline/cohort/ingest.py`` reads and writes the files):
 a NIfTI label is placed by its affine (``pipeline/io/label_geometry.py``) or, by the
 ``label_geometry: instance`` rule, by InstanceNumber; a DICOM SEG / RTSTRUCT by its own geometry
 (``pipeline/io/label_dicom.py``). The HU under the placed label are then compared with soft
@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import IngestParams
 from pipeline.io.dicom_read import SeriesMeta
 from pipeline.io.label_dicom import ct_grid, read_dicom_label
 from pipeline.io.label_geometry import place_label
 from pipeline.io.nifti import NIFTI_SUFFIXES, align_label, load_label
+from pipeline.params.loader import IngestParams
 
 
 def place_by_affine(

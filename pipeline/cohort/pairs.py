@@ -6,7 +6,8 @@ Layout of a pairs folder (e.g. single Pancreas-CT slices exported as JPEG)::
     masks/<case>-<slice>.jpg      its pancreas mask (same name), pancreas where value > threshold
 
 The name pattern (``PairsParams.pattern``) gives the case (patient) and the slice number. Each
-pair is turned into the display orientation of ``pipeline.slicing`` (rows anterior -> posterior,
+pair is turned into the display orientation of ``pipeline.cohort.slicing`` (rows anterior ->
+posterior,
 columns patient right -> left) and then goes through the SAME cores as a volume: ROI centre,
 ``resample_crop`` (one anti-aliased interpolation), ``window_hu``. Every pair is kept: the
 collection holds only slices with pancreas, so ``negative_fraction`` does not apply.
@@ -25,8 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.config import PairsParams, SlicesParams
-from pipeline.slicing import CaseSlices, crop_window, mask_offset_mm, shift_mm
+from pipeline.cohort.slicing import CaseSlices, crop_window, mask_offset_mm, shift_mm
+from pipeline.params.loader import PairsParams, SlicesParams
 
 IMAGES_DIR = "images"
 MASKS_DIR = "masks"

@@ -26,7 +26,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import format_number_as_ds
 
-from pipeline.params_export import ExportParams
+from pipeline.params.export import ExportParams
 
 SC_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -90,7 +90,7 @@ def new_identity(params: ExportParams, created: dt.datetime) -> SetIdentity:
 
 
 def unwindow_hu(x: np.ndarray, level: float, width: float) -> np.ndarray:
-    """Hounsfield units of windowed values: the inverse of ``pipeline.slicing.window_hu``.
+    """Hounsfield units of windowed values: the inverse of ``pipeline.cohort.slicing.window_hu``.
 
     ``window_hu`` maps ``level - width / 2`` to -1 and ``level + width / 2`` to +1 linearly
     (PS3.3 C.11.2.1.2 linear VOI LUT), clipping outside; this maps ``[-1, 1]`` back, so values

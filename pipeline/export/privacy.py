@@ -2,7 +2,8 @@
 
 A synthetic slice that is a near-copy of a real training slice would carry that patient's
 anatomy into a PACS under a synthetic label. The gate reuses the memorization check of
-``gvae ct-quality`` (``pipeline.augment.memorization``): the threshold is the ``quantile`` of
+``gvae ct-quality`` (``pipeline.augment.quality.memorization``): the threshold is the ``quantile``
+of
 the distances from unseen real slices (other patients: the test split, or the validation split
 when there is no test split) to their nearest training slice, and a synthetic slice at or below
 it is a near-copy when also far closer to that slice than to the next training slices (the
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.io.shards import same_grid
-from pipeline.params_quality import MemorizationParams
+from pipeline.params.quality import MemorizationParams
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ def near_copy_gate(
     check's settings (quantile, downsample, ratio, neighbours). ``ValueError`` when
     there is no training slice or no unseen real slice to calibrate with.
     """
-    from pipeline.augment.memorization import find_near_copies, near_copy_threshold
+    from pipeline.augment.quality.memorization import find_near_copies, near_copy_threshold
 
     if len(train) == 0:
         raise ValueError("the real train split is empty: nothing to compare against")

@@ -27,8 +27,8 @@ from typing import Any
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.cache_policies import NO_CACHE
 
-from pipeline.config import load_section
-from pipeline.params_flows import DaskParams
+from pipeline.params.flows import DaskParams
+from pipeline.params.loader import load_section
 
 # A LocalCluster's scheduler and workers are this machine's processes: listen on loopback only.
 LOOPBACK = "127.0.0.1"
@@ -89,8 +89,8 @@ def cohort_cases(params: str, images: str, labels: str, volumes: str, slices: st
     ``gvae ingest --strict``).
     """
     from pipeline.cli import StageError
-    from pipeline.stages import slices as slices_stage
-    from pipeline.stages.ingest import case_jobs, write_manifest
+    from pipeline.cohort import write_slices as slices_stage
+    from pipeline.cohort.ingest import case_jobs, write_manifest
 
     logger = get_run_logger()
     ingest = load_section(params, "ingest")

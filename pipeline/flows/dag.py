@@ -17,9 +17,9 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from pipeline.config import load_section
 from pipeline.flows import DVC
 from pipeline.flows.artifacts import publish_artifacts
+from pipeline.params.loader import load_section
 
 # Lines of dvc's output repeated in the exception of a failed stage (all of it is in the log).
 TAIL_LINES = 20

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from uuid import UUID
 
-from pipeline.config import load_section
+from pipeline.params.loader import load_section
 
 
 def deployments(root: str | Path, params: str | Path) -> list:

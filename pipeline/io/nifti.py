@@ -17,7 +17,7 @@ import nibabel as nib
 import numpy as np
 from isal import igzip
 
-from pipeline.io.atomic import atomic_path
+from common.atomic import atomic_path
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 

@@ -3,7 +3,7 @@
 Layout of a slices folder::
 
     index.json                    see INDEX below
-    contact_sheet.png             QC grid (pipeline.qc)
+    contact_sheet.png             QC grid (pipeline.io.contact_sheet)
     <split>/shard-00000.npz       split in train / val / test; shard_size samples per shard
                                   (the last one of a split may hold fewer)
 
@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.io.atomic import write_npz
+from common.atomic import write_npz
 
 FORMAT = "gvae-slices/1"
 INDEX_NAME = "index.json"

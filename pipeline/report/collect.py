@@ -17,9 +17,9 @@ from typing import Any
 
 from PIL import Image
 
-from pipeline.params_eval import SANITY_DATASETS
+from pipeline.params.sanity import SANITY_DATASETS
 from pipeline.report.render import csv_rows, data_uri, markdown_html
-from pipeline.seeds import seed_dirs
+from pipeline.sanity.seeds import seed_dirs
 
 NOT_PRODUCED = "not produced by this run"
 DATASET_LABELS = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}

@@ -13,16 +13,16 @@ import os
 import time
 from pathlib import Path
 
-from pipeline.config import load_section
-from pipeline.io.atomic import atomic_path, write_json
+from common.atomic import atomic_path, write_json
+from pipeline.params.loader import load_section
 
 
 def run(params, data_dir: str | os.PathLike, out_dir: str | os.PathLike) -> dict:
     """Train on the train split of ``data_dir``, evaluate on its test split, write outputs."""
     import torch
 
-    from models.classifier import accuracy, num_threads, save_classifier, train_classifier
-    from pipeline.stages.mnist import load_mnist_split
+    from models.eval.classifier import accuracy, num_threads, save_classifier, train_classifier
+    from pipeline.sanity.data import load_mnist_split
 
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     x, y = (torch.from_numpy(a) for a in load_mnist_split(data_dir, "train"))

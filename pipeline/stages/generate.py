@@ -19,12 +19,12 @@ import argparse
 import json
 from pathlib import Path
 
+from common.atomic import atomic_dir, write_json
 from pipeline.cli import StageError
-from pipeline.config import load_section
-from pipeline.io.atomic import atomic_dir, write_json
+from pipeline.io.contact_sheet import Panel, write_contact_sheet
 from pipeline.io.shards import FORMAT, INDEX_NAME, ShardWriter
-from pipeline.params_ct import GenerateParams
-from pipeline.qc import Panel, write_contact_sheet
+from pipeline.params.ct import GenerateParams
+from pipeline.params.loader import load_section
 from pipeline.stages.train import DATA_JSON, fraction_dirname
 
 SPLIT = "synthetic"
@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_run(run_dir: Path):
     """(model in eval mode, data record) of a CT run; ``StageError`` naming the bad file."""
-    from models.trainer import load_checkpoint
+    from models.train.trainer import load_checkpoint
 
     ckpt = run_dir / "checkpoint.pt"
     if not ckpt.is_file():
@@ -78,7 +78,7 @@ def load_run(run_dir: Path):
 
 def run(params: GenerateParams, run_dir: Path, out_dir: Path, n: int, seed: int) -> dict:
     """Generate ``n`` kept pairs from ``run_dir`` into ``out_dir``; return the summary dict."""
-    from models.trainer import checkpoint_digest
+    from models.train.trainer import checkpoint_digest
     from pipeline.augment.generate import generate_pairs
 
     model, record = load_run(run_dir)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.io.atomic import atomic_path
+from common.atomic import atomic_path
 from pipeline.report.collect import Inputs, build_context
 from pipeline.report.provenance import provenance
 from pipeline.report.render import render_html
@@ -54,7 +54,7 @@ def run(params: Path, inputs: Inputs, lock: Path, repo: Path, out: Path, shape: 
 
 def run_shape(params: Path) -> dict:
     """Return what ``params`` says the run covers: profile, sanity datasets, models, CT models."""
-    from pipeline.config import load_params_models, load_section, read_yaml
+    from pipeline.params.loader import load_params_models, load_section, read_yaml
 
     return {
         "profile": read_yaml(params).get("profile", "cpu"),

@@ -1,6 +1,6 @@
 """``gvae segment``: does adding synthetic labelled slices raise pancreas Dice on unseen patients?
 
-Thin CLI around :func:`pipeline.augment.grid.run_experiment` (over ``segment.workers``
+Thin CLI around :func:`pipeline.augment.segment.grid.run_experiment` (over ``segment.workers``
 processes). The grid (conditions x training fractions x seeds) and every training setting come
 from the ``segment`` section of the params.
 
@@ -27,8 +27,8 @@ import argparse
 from pathlib import Path
 
 from pipeline.cli import StageError
-from pipeline.config import load_section
 from pipeline.io.shards import INDEX_NAME
+from pipeline.params.loader import load_section
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -81,8 +81,8 @@ def root_folders(root: Path, models: list[str], fractions: tuple[float, ...]) ->
 
 def main(args: argparse.Namespace) -> int:
     """Run the grid, print the per-condition means as they come, then the results table."""
-    from pipeline.augment.experiment import parse_synthetic_args, synthetic_models
-    from pipeline.augment.grid import run_experiment
+    from pipeline.augment.segment.experiment import parse_synthetic_args, synthetic_models
+    from pipeline.augment.segment.grid import run_experiment
 
     params = load_section(args.params, "segment")
     try:

@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 
 from pipeline.cli import StageError
-from pipeline.config import load_section
+from pipeline.params.loader import load_section
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,19 +1,20 @@
 """``gvae train``: fit one registry model on one dataset with the shared trainer.
 
-Thin I/O around :func:`models.trainer.train`; the model and trainer configs come from
+Thin I/O around :func:`models.train.trainer.train`; the model and trainer configs come from
 ``params.yaml`` (``models.<name>`` and ``train``, with the ``paper`` profile applied when
 ``profile: paper``; for CT also the ``ct`` overrides), and both are stored in the checkpoint so
 ``generate`` rebuilds the network.
 
 CT runs train on (image, mask) pairs of the slices folder's TRAINING split only, optionally on
 the patient subset of a low-data regime (``--fraction``): the subset is
-:func:`pipeline.augment.experiment.training_subset`, the very function the segmentation
+:func:`pipeline.augment.segment.experiment.training_subset`, the very function the segmentation
 experiment uses, so a generator never sees a patient its segmentation network may not see.
 The run folder's ``data.json`` records the slices' geometry (size, pixel spacing, window) and
 the patients used, which ``generate`` carries into its output and checks against.
 
 Launched by ``torchrun`` (``WORLD_SIZE`` > 1) the stage opens the process group and trains
-data-parallel (:mod:`models.distributed`): every rank loads the data and builds the model, rank
+data-parallel (:mod:`models.train.distributed`): every rank loads the data and builds the model,
+rank
 0 alone writes the run folder and prints, and ``train.batch_size`` is the global batch.
 """
 
@@ -25,10 +26,10 @@ import sys
 from pathlib import Path
 from typing import Literal
 
+from common.atomic import write_json
 from pipeline.cli import StageError
-from pipeline.config import load_model_config, load_section
-from pipeline.datasets import CT, DATASETS, load_images
-from pipeline.io.atomic import write_json
+from pipeline.params.loader import load_model_config, load_section
+from pipeline.sanity.datasets import CT, DATASETS, load_images
 
 DATA_JSON = "data.json"
 
@@ -74,7 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def ct_training_cases(params_path: Path, data_dir: Path, fraction: float | None) -> list[str]:
     """The training patients of a CT run: the train split, or its ``fraction`` subset."""
-    from pipeline.augment.experiment import training_subset
+    from pipeline.augment.segment.experiment import training_subset
     from pipeline.io.shards import read_index
 
     train_cases = list(read_index(data_dir)["splits"]["train"]["cases"])
@@ -121,13 +122,13 @@ def run(
 
     ``resume``: False (start afresh), True (continue the checkpoint; an incompatible one is a
     ``StageError``) or ``"if_compatible"`` (continue it if it is compatible, else start afresh
-    and say why; see :func:`models.trainer.train`).
+    and say why; see :func:`models.train.trainer.train`).
     """
     import torch
 
-    from models import distributed
     from models.registry import build_model
-    from models.trainer import ResumeError, train
+    from models.train import distributed
+    from models.train.trainer import ResumeError, train
 
     is_ct = dataset in CT
     if fraction is not None and not is_ct:
@@ -181,7 +182,7 @@ def main(args: argparse.Namespace) -> int:
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) all of it runs inside one process group.
     """
-    from models.distributed import process_group
+    from models.train.distributed import process_group
 
     if args.each_fraction and args.fraction is not None:
         raise StageError("give --fraction F or --each-fraction, not both")

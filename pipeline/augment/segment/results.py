@@ -1,0 +1,201 @@
+"""Aggregate the segmentation runs: per-patient means over seeds, bootstrap CIs, tables, plot.
+
+For each (condition, fraction): every test patient's Dice is averaged over the seeds first (the
+seeds measure training noise, the patients the population), then the mean over patients gets a
+percentile-bootstrap CI (``pipeline.augment.segment.stats``). The differences to ``real`` and to
+``real+classical`` at the same fraction are paired per patient: synthetic data has to beat
+classical augmentation, not only real-only training. HD95 is aggregated the same way, ignoring
+NaNs (a patient with no slice where both prediction and ground truth are non-empty has no HD95).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from common.atomic import atomic_path, write_json
+from pipeline.augment.segment.stats import bootstrap_ci, paired_difference
+from pipeline.params.segment import SegmentParams
+
+BASELINE = "real"
+CLASSICAL = "real+classical"  # the second baseline: classical augmentation alone
+# Each baseline's (difference, lo, hi) columns.
+DIFF_COLUMNS = {
+    BASELINE: ("diff_vs_real", "diff_lo", "diff_hi"),
+    CLASSICAL: ("diff_vs_classical", "diff_classical_lo", "diff_classical_hi"),
+}
+COLUMNS = (
+    "condition", "fraction", "n_train_patients", "n_patients", "n_seeds", "n_real",
+    "n_synthetic", "dice", "dice_lo", "dice_hi", "diff_vs_real", "diff_lo", "diff_hi",
+    "diff_vs_classical", "diff_classical_lo", "diff_classical_hi",
+    "hd95_mm", "hd95_lo", "hd95_hi", "seconds",
+)  # fmt: skip
+
+
+def per_patient(records: list[dict], key: str) -> dict[str, float]:
+    """``{case_id: mean over the runs (seeds) of patients[case_id][key]}``, NaN-aware."""
+    cases = sorted({c for r in records for c in r["patients"]})
+    out = {}
+    for c in cases:
+        vals = [r["patients"][c][key] for r in records if c in r["patients"]]
+        vals = [math.nan if v is None else float(v) for v in vals]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN patient -> NaN
+            out[c] = float(np.nanmean(vals)) if vals else math.nan
+    return out
+
+
+def _paired(
+    dice: dict[str, float], cases: list[str], base: list[dict] | None, ci: dict, what: str
+) -> tuple[float, float, float]:
+    """Per-patient paired difference ``dice - base`` with its CI; NaNs when ``base`` did not run."""
+    if base is None:
+        return (math.nan,) * 3
+    ref = per_patient(base, "dice")
+    if sorted(ref) != cases:
+        raise ValueError(f"{what} scored different patients")
+    return paired_difference([dice[c] for c in cases], [ref[c] for c in cases], **ci)
+
+
+def aggregate(records: list[dict], params: SegmentParams) -> list[dict]:
+    """One row per (condition, fraction) in run order; see ``COLUMNS``."""
+    groups: dict[tuple[str, float], list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["condition"], r["fraction"]), []).append(r)
+    ci = {"n_boot": params.n_boot, "alpha": params.alpha, "seed": params.boot_seed}
+    rows = []
+    for (cond, frac), runs in groups.items():
+        dice = per_patient(runs, "dice")
+        hd = per_patient(runs, "hd95")
+        cases = sorted(dice)
+        d, d_lo, d_hi = bootstrap_ci([dice[c] for c in cases], **ci)
+        h, h_lo, h_hi = bootstrap_ci([hd[c] for c in cases], **ci)
+        diff = {}
+        for base, keys in DIFF_COLUMNS.items():
+            paired = _paired(
+                dice, cases, groups.get((base, frac)), ci, f"{cond} and {base} at f={frac}"
+            )
+            diff.update(zip(keys, paired, strict=True))
+        rows.append(
+            {
+                "condition": cond,
+                "fraction": frac,
+                "n_train_patients": runs[0]["n_train_patients"],
+                "n_patients": len(cases),
+                "n_seeds": len(runs),
+                "n_real": int(np.mean([r["n_real"] for r in runs])),
+                "n_synthetic": int(np.mean([r["n_synthetic"] for r in runs])),
+                "dice": d, "dice_lo": d_lo, "dice_hi": d_hi,
+                **diff,
+                "hd95_mm": h, "hd95_lo": h_lo, "hd95_hi": h_hi,
+                "seconds": float(np.mean([r.get("seconds", math.nan) for r in runs])),
+            }
+        )  # fmt: skip
+    return rows
+
+
+def _num(v):
+    """JSON-safe number: NaN -> None (``dvc metrics`` and strict JSON readers reject NaN)."""
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def metrics_json(rows: list[dict]) -> dict:
+    """``{"f1.0": {"real": {"dice": .., "dice_lo": .., ...}, ...}}`` for ``dvc metrics show``."""
+    out: dict[str, dict] = {}
+    for r in rows:
+        keys = [k for k in COLUMNS if k not in ("condition", "fraction")]
+        out.setdefault(f"f{float(r['fraction'])}", {})[r["condition"]] = {
+            k: _num(r[k]) for k in keys
+        }
+    return out
+
+
+def _fmt(v, digits: int = 3) -> str:
+    return (
+        "n/a"
+        if v is None or (isinstance(v, float) and not math.isfinite(v))
+        else (f"{v:.{digits}f}" if isinstance(v, float) else str(v))
+    )
+
+
+def table_markdown(rows: list[dict], params: SegmentParams) -> str:
+    """A readable markdown table of ``rows`` with the CI level stated."""
+    level = round(100 * (1 - params.alpha))
+    lines = [
+        f"Test-set pancreas Dice per condition and training fraction: mean over patients of the "
+        f"seed-averaged per-patient Dice, {level}% percentile-bootstrap CI over patients "
+        f"({params.n_boot} resamples); differences paired per patient against `{BASELINE}` "
+        f"and `{CLASSICAL}`.",
+        "",
+        "| condition | fraction | train patients | test patients | seeds | real / syn slices "
+        f"| Dice [{level}% CI] | Dice - real [{level}% CI] "
+        f"| Dice - real+classical [{level}% CI] | HD95 mm [{level}% CI] |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['condition']} | {r['fraction']:g} | {r['n_train_patients']} | "
+            f"{r['n_patients']} | {r['n_seeds']} | {r['n_real']} / {r['n_synthetic']} | "
+            f"{_fmt(r['dice'])} [{_fmt(r['dice_lo'])}, {_fmt(r['dice_hi'])}] | "
+            f"{_fmt(r['diff_vs_real'])} [{_fmt(r['diff_lo'])}, {_fmt(r['diff_hi'])}] | "
+            f"{_fmt(r['diff_vs_classical'])} [{_fmt(r['diff_classical_lo'])}, "
+            f"{_fmt(r['diff_classical_hi'])}] | "
+            f"{_fmt(r['hd95_mm'], 1)} [{_fmt(r['hd95_lo'], 1)}, {_fmt(r['hd95_hi'], 1)}] |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def results_csv(rows: list[dict]) -> str:
+    """``rows`` as CSV text (empty cells for NaN)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: "" if _num(r[k]) is None else r[k] for k in COLUMNS})
+    return buf.getvalue()
+
+
+def plot_dice_vs_size(rows: list[dict], dest: Path, level: int = 95) -> None:
+    """Dice vs number of training patients, one line per condition with its CI band."""
+    fig = Figure(figsize=(7.5, 4.8), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for cond in dict.fromkeys(r["condition"] for r in rows):
+        pts = sorted((r for r in rows if r["condition"] == cond), key=lambda r: r["fraction"])
+        x = [r["n_train_patients"] for r in pts]
+        y = np.array([r["dice"] for r in pts], float)
+        lo = np.array([r["dice_lo"] for r in pts], float)
+        hi = np.array([r["dice_hi"] for r in pts], float)
+        (line,) = ax.plot(x, y, marker="o", label=cond)
+        ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15, linewidth=0)
+        # With one fraction a band has no width: show the interval as an error bar too.
+        ax.errorbar(x, y, yerr=[y - lo, hi - y], fmt="none", ecolor=line.get_color(), capsize=3)
+    ax.set_xlabel("real training patients")
+    ax.set_ylabel(f"test Dice (mean over patients, {level}% CI)")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    with atomic_path(dest) as tmp:
+        fig.savefig(tmp, format="png")
+
+
+OUTPUTS = ("metrics.json", "results.csv", "table.md", "dice_vs_size.png")
+
+
+def write_results(records: list[dict], params: SegmentParams, out_dir: Path) -> list[dict]:
+    """Aggregate ``records`` and write ``OUTPUTS`` into ``out_dir`` (each atomically)."""
+    rows = aggregate(records, params)
+    write_json(out_dir / "metrics.json", metrics_json(rows))
+    texts = {"results.csv": results_csv(rows), "table.md": table_markdown(rows, params)}
+    for name, text in texts.items():
+        with atomic_path(out_dir / name) as tmp:
+            tmp.write_text(text)
+    plot_dice_vs_size(rows, out_dir / "dice_vs_size.png", round(100 * (1 - params.alpha)))
+    return rows

@@ -1,0 +1,346 @@
+"""``gvae export``: a synthetic CT set as one DICOM study for clinicians, optionally sent to a PACS.
+
+Reads a ``gvae generate`` folder and writes one folder (replaced atomically)::
+
+    dicom/image_0001.dcm ...   Secondary Capture images in HU, series 1 (pipeline.export.dicom_set)
+    dicom/seg_0001.dcm ...     one DICOM Segmentation per image, series 2
+    contact_sheet.png          the exported slices with their masks outlined
+    receipt.json               every instance's SOP Instance UID, the gate, PACS outcomes
+
+The privacy gate (pipeline.export.privacy) compares the synthetic slices with the real slices
+the generator was trained on: ``--slices DIR``, by default the slices folder recorded in the
+generator's run (``<run>/data.json``). ``--pacs HOST:PORT`` then C-STOREs the set; sending
+again with ``gvae export --out DIR --pacs HOST:PORT`` (no ``--synthetic``) sends only what that
+PACS does not hold yet. Design and receipt format: docs/export.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.atomic import atomic_dir, write_json
+from pipeline.cli import StageError
+from pipeline.io.shards import INDEX_NAME, load_slices, read_index
+from pipeline.params.export import AE_TITLE, ExportParams
+from pipeline.params.loader import load_section
+
+PROJECT = "gvae-pipeline"
+SPLIT = "synthetic"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the stage's options."""
+    parser.add_argument(
+        "--synthetic",
+        type=Path,
+        metavar="DIR",
+        help="`gvae generate` folder (omit to only send OUT's export)",
+    )
+    parser.add_argument(
+        "--out", required=True, type=Path, metavar="DIR", help="export folder, replaced whole"
+    )
+    parser.add_argument("--n", type=int, metavar="N", help="slices to export (default export.n)")
+    parser.add_argument(
+        "--slices",
+        type=Path,
+        metavar="DIR",
+        help="real slices the generator was trained on, for the near-copy gate "
+        "(default: the folder recorded in the generator's run)",
+    )
+    parser.add_argument(
+        "--allow-near-copies",
+        action="store_true",
+        help="export slices the near-copy gate flags (they are marked in the receipt)",
+    )
+    parser.add_argument("--pacs", metavar="HOST:PORT", help="send the set with C-STORE")
+    parser.add_argument(
+        "--aet", metavar="AET", help="our (calling) AE title (default export.calling_aet)"
+    )
+    parser.add_argument(
+        "--called-aet", metavar="AET", help="the PACS's AE title (default export.called_aet)"
+    )
+
+
+def _training_slices(index: dict, explicit: Path | None) -> Path | None:
+    """``explicit``, else the slices folder recorded in the generator's run, if it still exists."""
+    if explicit is not None:
+        return explicit
+    run = (index.get("source") or {}).get("run")
+    try:
+        record = json.loads((Path(run) / "data.json").read_text()) if run else {}
+    except (OSError, json.JSONDecodeError):
+        return None
+    found = Path(record["slices"]) if record.get("slices") else None
+    return found if found is not None and (found / INDEX_NAME).is_file() else None
+
+
+def _gate(params: ExportParams, images, meta, index, slices_dir: Path | None, allow: bool):
+    """(GateResult or None, note): the near-copy check, or why it could not run."""
+    from pipeline.export.privacy import check_reference, near_copy_gate
+
+    if slices_dir is None:
+        note = (
+            "no real training slices found for the near-copy gate: pass --slices DIR (the "
+            "slices folder the generator was trained on)"
+        )
+        if not allow:
+            raise StageError(f"{note}, or --allow-near-copies to export without the check")
+        return None, note
+    train = load_slices(slices_dir, "train")
+    check_reference(meta, train[2], (index.get("source") or {}).get("trained_on"), str(slices_dir))
+    unseen = {s: load_slices(slices_dir, s)[0] for s in ("test", "val") if s in _splits(slices_dir)}
+    m = params.memorization
+    try:
+        gate = near_copy_gate(images, train[0], unseen, m, params.batch_size)
+    except ValueError as exc:
+        if not allow:
+            raise StageError(
+                f"{slices_dir}: near-copy gate: {exc}; --allow-near-copies exports without it"
+            ) from None
+        return None, f"near-copy gate not run: {exc}"
+    return gate, None
+
+
+def _splits(slices_dir: Path) -> set[str]:
+    return set(read_index(slices_dir).get("splits", {}))
+
+
+def _provenance(index: dict, synthetic_dir: Path):
+    """Project and model with versions: the package version and the checkpoint's digest."""
+    from pipeline.export.dicom_set import Provenance
+
+    source = index.get("source") or {}
+    if not source.get("model"):
+        raise StageError(
+            f"{synthetic_dir / INDEX_NAME}: no source model; not a `gvae generate` set"
+        )
+    try:
+        version = metadata.version(PROJECT)
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    ckpt = Path(source["run"]) / "checkpoint.pt" if source.get("run") else None
+    if ckpt is not None and ckpt.is_file():
+        from models.train.trainer import checkpoint_digest
+
+        model_version = f"checkpoint sha256:{checkpoint_digest(ckpt)}"
+    else:
+        model_version = "checkpoint not available at export"
+    return Provenance(PROJECT, version, str(source["model"]), model_version)
+
+
+def _contact_sheet(dest: Path, instances, level: float, width: float, ncols: int, flagged) -> None:
+    """Tiles of what was written: stored values back to HU, windowed, mask from the SEG."""
+    from pipeline.cohort.slicing import window_hu
+    from pipeline.io.contact_sheet import Panel, write_contact_sheet
+
+    images = {i.number: i for i in instances if i.kind == "image"}
+    segs = {i.number: i for i in instances if i.kind == "segmentation"}
+    panels = []
+    for number, img in images.items():
+        ds = img.dataset
+        hu = ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+        mask = segs[number].dataset.pixel_array.astype(np.uint8).reshape(hu.shape)
+        title = f"SYNTHETIC #{number} (draw {img.draw})" + (" NEAR-COPY" * (number in flagged))
+        panels.append(Panel(window_hu(hu, level, width), mask, title))
+    write_contact_sheet(dest, panels, ncols=ncols)
+
+
+def run(
+    params: ExportParams,
+    synthetic_dir: Path,
+    out_dir: Path,
+    n: int,
+    slices_dir: Path | None = None,
+    allow_near_copies: bool = False,
+) -> dict[str, Any]:
+    """Build the export set of ``synthetic_dir`` into ``out_dir``; return its receipt."""
+    from pipeline.export.dicom_set import build_set
+    from pipeline.export.privacy import select_slices
+    from pipeline.export.receipt import CONTACT_SHEET_NAME, RECEIPT_NAME, build_receipt, gate_record
+
+    synthetic_dir, out_dir = Path(synthetic_dir), Path(out_dir)
+    try:  # messages of the readers and of the gate name their files
+        index = read_index(synthetic_dir)
+        images, masks, meta = load_slices(synthetic_dir, SPLIT)
+        prov = _provenance(index, synthetic_dir)
+        gate, note = _gate(
+            params, images, meta, index, _training_slices(index, slices_dir), allow_near_copies
+        )
+    except ValueError as exc:
+        raise StageError(str(exc)) from None
+    draws = meta["slice_index"]
+    try:
+        sel = select_slices(None if gate is None else gate.flags, len(images), n, allow_near_copies)
+        ident, instances = build_set(
+            images[sel.chosen],
+            masks[sel.chosen],
+            draws[sel.chosen],
+            meta["window"],
+            float(meta["pixel_mm"] or 0),
+            params,
+            prov,
+            dt.datetime.now().replace(microsecond=0),
+        )
+    except ValueError as exc:
+        raise StageError(f"{synthetic_dir}: {exc}") from None
+    near = [
+        (None, None) if gate is None else (bool(gate.flags[i]), float(gate.distances[i]))
+        for i in sel.chosen
+    ]
+    source = {
+        "seed": (index.get("source") or {}).get("seed"),
+        "size": int(meta["size"]),
+        "pixel_mm": float(meta["pixel_mm"]),
+        "window": meta["window"],
+        "synthetic_slices": len(images),
+        "exported": len(sel.chosen),
+    }
+    gate_block = gate_record(gate, sel, draws, allow_near_copies, note, params.memorization)
+    receipt = build_receipt(ident, instances, prov, source, gate_block, near)
+    allowed = set(sel.allowed)
+    flagged = {k + 1 for k, i in enumerate(sel.chosen) if i in allowed}
+    first = params.windows[0]
+    with atomic_dir(out_dir) as tmp:
+        (tmp / "dicom").mkdir()
+        for inst in instances:
+            inst.dataset.save_as(tmp / inst.file, enforce_file_format=True)
+        _contact_sheet(
+            tmp / CONTACT_SHEET_NAME,
+            instances,
+            first.level,
+            first.width,
+            params.contact_sheet_columns,
+            flagged,
+        )
+        write_json(tmp / RECEIPT_NAME, receipt)
+    _report_gate(gate, sel, draws, note)
+    return receipt
+
+
+def _report_gate(gate, sel, draws, note: str | None) -> None:
+    """Say on the console which slices the gate refused or let through, and why."""
+    if gate is None:
+        print(f"gvae export: WARNING: {note} (exported because of --allow-near-copies)")
+        return
+    said = {
+        key: ", ".join(f"draw {int(draws[i])} ({gate.distances[i]:.3f})" for i in indices)
+        for key, indices in (("refused", sel.refused), ("allowed", sel.allowed))
+    }
+    head = (
+        "near-copies of real training slices (distance <= threshold "
+        f"{gate.threshold:.3f}, the {gate.calibration} split's quantile)"
+    )
+    if sel.refused:
+        print(
+            f"gvae export: refused {len(sel.refused)} {head}: {said['refused']}; not exported, "
+            "the next clean slices took their place (--allow-near-copies exports them)"
+        )
+    if sel.allowed:
+        print(
+            f"gvae export: WARNING: exporting {len(sel.allowed)} {head} because of "
+            f"--allow-near-copies: {said['allowed']}; marked near_copy in the receipt"
+        )
+
+
+def send(params: ExportParams, out_dir: Path, pacs: str, aet: str | None, called: str | None):
+    """Deliver ``out_dir``'s export to ``pacs``: only what that PACS lacks; update the receipt.
+
+    ``aet`` and ``called`` are the AE titles given on the command line (``None``: the params').
+    Returns the new receipt; ``StageError`` with the receipt written when anything is missing.
+    """
+    from pipeline.export.pacs import Destination, Timeouts, deliver, parse_address
+    from pipeline.export.receipt import RECEIPT_NAME, read_receipt
+
+    try:
+        host, port = parse_address(pacs)
+        receipt = read_receipt(out_dir)
+    except ValueError as exc:
+        raise StageError(str(exc)) from None
+    if receipt is None:
+        raise StageError(f"{out_dir}: no {RECEIPT_NAME}; build the export with --synthetic first")
+    dest = Destination(host, port, called or params.called_aet, aet or params.calling_aet)
+    for flag, title in (("--aet", dest.calling_aet), ("--called-aet", dest.called_aet)):
+        if not AE_TITLE.match(title):
+            raise StageError(f"{flag}: not a DICOM AE title (1-16 characters, no '\\'): {title!r}")
+    timeouts = Timeouts(params.connect_timeout_s, params.acse_timeout_s, params.dimse_timeout_s)
+    receipt, error = deliver(receipt, out_dir, dest, timeouts)
+    write_json(out_dir / RECEIPT_NAME, receipt)
+    last = receipt["deliveries"][-1]
+    total = len(receipt["instances"])
+    stored = total - last["missing_after"]
+    if error:
+        retry_titles = "".join(
+            f" {flag} {value}"
+            for flag, value in (("--aet", aet), ("--called-aet", called))
+            if value
+        )
+        raise StageError(
+            f"{error}. {stored} of {total} instances are stored at {dest.key} "
+            f"({out_dir / RECEIPT_NAME} lists which); `gvae export --out {out_dir} --pacs {pacs}"
+            f"{retry_titles}` sends only the missing ones"
+        )
+    print(
+        f"gvae export: {dest.key} holds all {total} instances "
+        f"({last['attempted']} sent now, {total - last['attempted']} already there)"
+    )
+    return receipt
+
+
+def _check_replaceable(out_dir: Path) -> None:
+    """``StageError`` unless ``out_dir`` may be replaced whole by a new export.
+
+    Not a folder of something else (a mistyped --out must not wipe it), and not an export that
+    reached a PACS: rebuilding it would give the same slices new UIDs.
+    """
+    from pipeline.export.receipt import RECEIPT_NAME, delivered, read_receipt
+
+    if not out_dir.exists() or (out_dir.is_dir() and not any(out_dir.iterdir())):
+        return
+    if not (out_dir / RECEIPT_NAME).is_file():
+        raise StageError(
+            f"{out_dir}: exists and is not an export folder (no {RECEIPT_NAME}); "
+            "refusing to replace it, choose another --out"
+        )
+    try:
+        sent = delivered(read_receipt(out_dir))
+    except ValueError:
+        return  # a damaged export holds nothing left to protect
+    if sent:
+        where = ", ".join(f"{v} at {k}" for k, v in sent.items())
+        raise StageError(
+            f"{out_dir} holds an export already delivered ({where}); rebuilding would give "
+            f"it new UIDs. Send what is missing with `gvae export --out {out_dir} --pacs "
+            "HOST:PORT`, or export to another --out"
+        )
+
+
+def main(args: argparse.Namespace) -> int:
+    """CLI entry: build the set (unless only sending), then deliver it when --pacs is given."""
+    params = load_section(args.params, "export")
+    if (args.aet or args.called_aet) and not args.pacs:
+        raise StageError("--aet and --called-aet need --pacs HOST:PORT")
+    if args.synthetic is None:
+        if not args.pacs:
+            raise StageError("give --synthetic DIR to build an export, or --pacs to send one")
+        send(params, args.out, args.pacs, args.aet, args.called_aet)
+        return 0
+    n = params.n if args.n is None else args.n
+    if n < 1:
+        raise StageError(f"--n must be >= 1, got {n}")
+    _check_replaceable(args.out)
+    receipt = run(params, args.synthetic, args.out, n, args.slices, args.allow_near_copies)
+    study = receipt["study"]
+    print(
+        f"gvae export: {receipt['source']['exported']} images + their SEGs, study "
+        f"{study['study_instance_uid']} (patient {study['patient_id']}) -> {args.out}"
+    )
+    if args.pacs:
+        send(params, args.out, args.pacs, args.aet, args.called_aet)
+    return 0

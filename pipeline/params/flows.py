@@ -1,0 +1,130 @@
+"""Params section of the Prefect flows and their deployments (``pipeline.flows``, ``gvae serve``).
+
+Registered in ``pipeline.params.loader.SECTIONS`` as ``flows``. The cron string is checked with
+Prefect's own validator (imported only when this section is validated: Prefect takes a second
+to import, and most stages never read this section) and the timezone against the IANA
+database, so a typo fails at load time instead of silently scheduling nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, field_validator
+
+from common.frozen import Frozen
+
+# Prefect deployment names end up in `prefect deployment run FLOW/NAME`: keep them shell-safe.
+DEPLOYMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# A Dask scheduler address: [protocol://]host[:port], e.g. tcp://10.0.0.5:8786 or tls://[::1]:8786.
+DASK_ADDRESS = re.compile(
+    r"^(?:[a-z][a-z0-9+.-]*://)?"  # protocol: tcp, tls, ucx, ...
+    r"(?:\[[0-9A-Fa-f:.]+\]|[^\s/:\[\]]+)"  # host name, IPv4 or [IPv6]
+    r"(?::\d{1,5})?$"  # port
+)
+
+
+class ClinicianExportParams(Frozen):
+    """Defaults of the on-request export flow (``clinician_export``); paths relative to the repo.
+
+    ``{model}`` is the requested model; ``{time}`` the request's UTC time (``YYYYmmddTHHMMSSZ``),
+    so every request gets its own folder and a delivered export is never rebuilt.
+    """
+
+    deployment: str = "clinician"
+    synthetic: str = "data/ct/synthetic/{model}/f1.0"  # the `generate` output, all patients
+    slices: str = "data/slices"  # the real slices the generators were trained on (privacy gate)
+    out: str = "export/{model}-{time}"
+
+    @field_validator("deployment")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _deployment_name(v)
+
+    @field_validator("synthetic", "out")
+    @classmethod
+    def _template(cls, v: str) -> str:
+        try:
+            v.format(model="m", time="t")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"only {{model}} and {{time}} may be filled in, got {v!r} ({exc!r})"
+            ) from None
+        return v
+
+
+class DaskParams(Frozen):
+    """Where the ``cohort_dask`` flow (``pipeline.flows.cohort``) runs its per-case tasks.
+
+    ``address`` null: a Dask LocalCluster of ``n_workers`` processes on this machine's loopback
+    interface, started and stopped with the flow run. Otherwise the address of a running Dask
+    scheduler (``tcp://scheduler.example:8786``, as ``dask scheduler`` prints it), whose workers
+    must see the cohort and output folders at the same paths; ``n_workers`` and
+    ``threads_per_worker`` then do not apply (the cluster has its own).
+    """
+
+    address: str | None = None
+    n_workers: int = Field(2, ge=1)
+    # One thread per worker process: a case is CPU-bound, partly in pure Python (DICOM parsing),
+    # and every thread holds a whole case in memory.
+    threads_per_worker: int = Field(1, ge=1)
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str | None) -> str | None:
+        if v is not None and not DASK_ADDRESS.match(v):
+            raise ValueError(
+                f"not a Dask scheduler address (e.g. tcp://scheduler.example:8786): {v!r}"
+            )
+        return v
+
+
+def _deployment_name(v: str) -> str:
+    if not DEPLOYMENT_NAME.match(v):
+        raise ValueError(f"deployment name must be 1-64 letters, digits, '_', '.', '-', got {v!r}")
+    return v
+
+
+class FlowsParams(Frozen):
+    """The nightly DAG deployment's schedule and retries, and what its artifacts link to."""
+
+    # Cron (5 fields or @daily-style), evaluated in `timezone`: "0 2 * * 1" stays 02:00 local
+    # time across daylight-saving changes.
+    cron: str = "0 2 * * 1"
+    timezone: str = "UTC"
+    # Extra attempts of a failed DVC stage, and of a PACS delivery (which resends only what the
+    # PACS lacks), `retry_delay_s` apart.
+    retries: int = Field(1, ge=0)
+    retry_delay_s: float = Field(30.0, ge=0)
+    deployment: str = "nightly"  # the scheduled dvc_dag deployment
+    # Globs (relative to the repo root) of the sample grids linked in the run's artifacts, and
+    # the HTML report linked when it exists.
+    sample_grids: tuple[str, ...] = (
+        "data/models/**/samples/*.png",
+        "data/ct/quality/*/grid.png",
+    )
+    report: str = "data/report/index.html"
+    export: ClinicianExportParams = ClinicianExportParams()
+    dask: DaskParams = DaskParams()  # the cohort_dask flow: ingest + slicing mapped over cases
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        from prefect.schedules import validate_cron_string
+
+        return validate_cron_string(v)
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"not an IANA timezone (e.g. UTC, Europe/Berlin), got {v!r}") from None
+        return v
+
+    @field_validator("deployment")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _deployment_name(v)
