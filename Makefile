@@ -43,5 +43,5 @@ repro: install
 	$(RUN) dvc repro
 
 test: install system
-	$(RUN) ruff check pipeline models tests benchmarks
+	$(RUN) ruff check common pipeline models tests benchmarks
 	$(RUN) python -m pytest $(PYTEST_ARGS)

@@ -1,7 +1,8 @@
 """Helpers shared by the throughput scripts: timed windows, GPU sampling, tables, JSON.
 
-Not a benchmark itself. The scripts put this folder and the repository root on ``sys.path``
-(they run as ``python benchmarks/<name>.py``), so ``import common`` finds this module.
+Not a benchmark itself. The scripts put the repository root on ``sys.path`` (they run as
+``python benchmarks/<name>.py``) and import this module as ``from benchmarks import common``:
+a bare ``import common`` finds the repository's ``common`` package instead.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Any
 import torch
 
 from common.atomic import write_json
+from models.train.trainer import resolve_device
+from pipeline.io.tables import markdown
 
 
 def sync(device: torch.device) -> None:
@@ -166,21 +169,41 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, 
     """A markdown table of ``rows``; ``columns`` are (header, row key, format spec) triples.
 
     Columns whose values are None in every row (CUDA-only figures on a CPU run) are left out.
+    The table's text ends with a newline.
     """
     shown = [c for c in columns if any(r.get(c[1]) is not None for r in rows)]
-    lines = [
-        "| " + " | ".join(h for h, _, _ in shown) + " |",
-        "|" + "|".join("---" for _ in shown) + "|",
-    ]
-    for r in rows:
-        lines.append("| " + " | ".join(fmt(r.get(k), spec) for _, k, spec in shown) + " |")
-    return "\n".join(lines)
+    body = [[fmt(r.get(k), spec) for _, k, spec in shown] for r in rows]
+    return markdown([h for h, _, _ in shown], body)
 
 
 def save_json(path: str | Path | None, meta: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     """Write ``{"meta": meta, "rows": rows}`` atomically to ``path`` (nothing when None)."""
     if path is not None:
         write_json(path, {"meta": meta, "rows": rows})
+
+
+def add_device_options(
+    parser: argparse.ArgumentParser,
+    device: str,
+    threads_help: str = "torch CPU threads (default: torch's)",
+) -> None:
+    """``--threads``, ``--device`` (``device`` by default) and ``--seed``: where and how to run."""
+    parser.add_argument("--threads", type=int, help=threads_help)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=device)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def device_of(args: argparse.Namespace) -> torch.device:
+    """Set torch's CPU threads to ``args.threads`` (when given); return ``args.device`` resolved."""
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    return resolve_device(args.device)
+
+
+def check_steps(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exit with a usage error unless ``--steps`` >= 1 and ``--warmup`` >= 0."""
+    if args.steps < 1 or args.warmup < 0:
+        parser.error(f"need --steps >= 1 and --warmup >= 0, got {args.steps}, {args.warmup}")
 
 
 def parser(doc: str | None, repo: Path) -> argparse.ArgumentParser:
@@ -199,5 +222,5 @@ def publish(
 ) -> None:
     """Print the rows as a markdown table (after the caller's title line) and save the JSON."""
     print()
-    print(markdown_table(rows, columns))
+    print(markdown_table(rows, columns), end="")
     save_json(json_path, meta, rows)

@@ -26,11 +26,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import common  # noqa: E402
+from benchmarks import common  # noqa: E402
 from models.registry import build_model  # noqa: E402
-from models.train.trainer import resolve_device  # noqa: E402
 from pipeline.augment.generate import classify, generate_pairs, split_pair  # noqa: E402
-from pipeline.params.loader import load_model_config, load_section, with_overrides  # noqa: E402
+from pipeline.params.loader import load_section, with_overrides  # noqa: E402
+from pipeline.params.models import load_model_config  # noqa: E402
 
 
 def timed(fn, device: torch.device) -> tuple[float, object]:
@@ -101,17 +101,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", nargs="+", type=int, default=[64], help="pixels (default 64)")
     parser.add_argument("--n", type=int, help="pairs to keep (default: generate.n)")
     parser.add_argument("--batch-size", type=int, help="default: generate.batch_size")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
-    parser.add_argument("--seed", type=int, default=0)
+    common.add_device_options(parser, "cpu")
     args = parser.parse_args(argv)
     if args.n is None:
         args.n = load_section(args.params, "generate").n
     if args.n < 1:
         parser.error(f"--n must be >= 1, got {args.n}")
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    device = common.device_of(args)
     names = args.models or list(load_section(args.params, "ct").models)
     rows = []
     for size in args.sizes:

@@ -29,7 +29,8 @@ import SimpleITK as sitk
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.cohort.ingest import ingest_case, label_path_for, run  # noqa: E402
+from pipeline.cohort.ingest import ingest_case, run  # noqa: E402
+from pipeline.cohort.sources.tcia import label_path_for  # noqa: E402
 from pipeline.io.dicom_read import list_files, read_series  # noqa: E402
 from pipeline.params.loader import IngestParams  # noqa: E402
 

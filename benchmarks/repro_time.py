@@ -24,10 +24,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO))
 
-import common  # noqa: E402
+from benchmarks import common  # noqa: E402
 
 _RUNNING = re.compile(r"Running stage '(?P<stage>[^']+)'")
 _STAMPED = re.compile(r"(?P<t>\d+(?:\.\d+)?) (?P<text>.*)")

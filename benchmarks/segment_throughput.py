@@ -26,7 +26,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import common  # noqa: E402
+from benchmarks import common  # noqa: E402
 from models.train.trainer import resolve_device  # noqa: E402
 from pipeline.augment.segment.train import train_segmenter  # noqa: E402
 from pipeline.params.loader import load_section, with_overrides  # noqa: E402
@@ -101,13 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1, help="steps of an untimed first run")
     parser.add_argument("--steps", type=int, default=10, help="timed steps")
     parser.add_argument("--batch-size", type=int, help="default: segment.batch_size")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: segment.threads)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--seed", type=int, default=0)
+    common.add_device_options(parser, "auto", "torch CPU threads (default: segment.threads)")
     args = parser.parse_args(argv)
-    if args.steps < 1 or args.warmup < 0:
-        parser.error(f"need --steps >= 1 and --warmup >= 0, got {args.steps}, {args.warmup}")
-    device = resolve_device(args.device)
+    common.check_steps(parser, args)
+    device = resolve_device(args.device)  # --threads goes to train_segmenter, as in the stage
     rows = []
     for size in args.sizes:
         for augment in args.augment:

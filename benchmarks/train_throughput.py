@@ -33,12 +33,13 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import common  # noqa: E402
 import models.train.trainer as trainer_module  # noqa: E402
+from benchmarks import common  # noqa: E402
 from models.registry import build_model  # noqa: E402
 from models.train.optim import make_optimizer  # noqa: E402
 from models.train.trainer import resolve_device, train  # noqa: E402
-from pipeline.params.loader import load_model_config, load_params_models, with_overrides  # noqa: E402
+from pipeline.params.loader import with_overrides  # noqa: E402
+from pipeline.params.models import load_model_config, load_params_models  # noqa: E402
 
 
 def geometry(text: str) -> tuple[int, int]:
@@ -293,23 +294,18 @@ def main(argv: list[str] | None = None) -> int:
         default=8,
         help="default 8 (a 2-core run in about a minute); 0: the params' train.batch_size",
     )
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument(
         "--peak-tflops",
         type=float,
         default=989.0,
         help="the device's peak for MFU (default 989: H100 SXM bf16 dense)",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    common.add_device_options(parser, "auto")
     args = parser.parse_args(argv)
-    if args.steps < 1 or args.warmup < 0:
-        parser.error(f"need --steps >= 1 and --warmup >= 0, got {args.steps}, {args.warmup}")
+    common.check_steps(parser, args)
     if args.batch_size < 0:
         parser.error(f"--batch-size must be >= 0 (0: params), got {args.batch_size}")
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    device = common.device_of(args)
     names = args.models or load_params_models(args.params)
     rows = []
     for size, channels in args.geometries:

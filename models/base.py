@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -70,6 +70,28 @@ def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m, training in before:
             m.training = training
+
+
+@torch.no_grad()
+def batched(
+    model: nn.Module,
+    x: Tensor,
+    fn: Callable[[Tensor], Tensor],
+    batch_size: int,
+    to_model_device: bool = False,
+) -> Tensor:
+    """``fn`` over ``x`` in chunks of ``batch_size`` (no grad, ``model`` in eval mode), joined.
+
+    With ``to_model_device`` each chunk goes to the device of ``model``'s first parameter and
+    its result back to the CPU. An empty ``x`` gives an empty tensor.
+    """
+    device = next(model.parameters()).device if to_model_device else None
+    with eval_mode(model):
+        if device is None:
+            out = [fn(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+        else:
+            out = [fn(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)]
+    return torch.cat(out) if out else torch.empty(0)
 
 
 def log_likelihood(x: Tensor, recon: Tensor, likelihood: str, sigma: float) -> Tensor:

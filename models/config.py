@@ -1,14 +1,15 @@
-"""Validated configurations of the generative models and of the one trainer.
+"""The validated settings every model shares: the network (``NetConfig``) and the trainer.
 
-Pure pydantic (no torch import), so ``params.yaml`` can be validated without loading a network.
-Every class forbids unknown keys and is frozen (see ``pipeline.params.loader.Frozen``). The defaults
-are the small CPU profile (32x32, ~1500 steps in minutes); paper-scale values are noted beside
-each field and belong in ``params.yaml``.
+Pure pydantic (no torch import), so ``params.yaml``'s trainer settings can be validated without
+loading a network. Each model's own config class subclasses ``NetConfig`` (or ``Frozen``) in the
+``models/zoo`` module that registers the model. Every class forbids unknown keys and is frozen
+(see ``common.frozen.Frozen``). The defaults are the small CPU profile (32x32, ~1500 steps in
+minutes); paper-scale values are noted beside each field and belong in ``params.yaml``.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -54,122 +55,6 @@ class NetConfig(Frozen):
     def _widths(self) -> NetConfig:
         if self.max_width < self.width:
             raise ValueError(f"max_width ({self.max_width}) must be >= width ({self.width})")
-        return self
-
-
-class VAEConfig(NetConfig):
-    """VAE / beta-VAE: loss = -log p(x|z) + beta * KL (Higgins et al. 2017, eq. 4)."""
-
-    beta: float = Field(1.0, ge=0.0)
-
-
-class BetaVAEConfig(VAEConfig):
-    """beta-VAE defaults: the same model as the VAE with beta = 4 (Higgins et al. 2017)."""
-
-    beta: float = Field(4.0, ge=0.0)
-
-
-class WGANGPConfig(NetConfig):
-    """WGAN-GP (Gulrajani et al. 2017, Algorithm 1): n_critic = 5, lambda = 10."""
-
-    n_critic: int = Field(5, ge=1)
-    gp_weight: float = Field(10.0, ge=0.0)
-
-
-class VAEGANConfig(NetConfig):
-    """VAE/GAN (Larsen et al. 2016): feature-space reconstruction, eqs. 8-10.
-
-    ``feature_layer`` indexes the discriminator's stage outputs (negative counts from the
-    deepest); ``gamma`` weights the feature reconstruction in the decoder update (Algorithm 1).
-    """
-
-    n_critic: int = Field(1, ge=1, description="Larsen: one discriminator update per batch")
-    gamma: float = Field(1e-2, gt=0.0)
-    kl_weight: float = Field(1.0, ge=0.0)
-    feature_layer: int = -1
-
-
-class GVAEConfig(NetConfig):
-    """GVAE (Sagar 2020): VAE encoder + generator trained with a WGAN-GP critic."""
-
-    n_critic: int = Field(5, ge=1)
-    gp_weight: float = Field(10.0, ge=0.0)
-    rec_weight: float = Field(1.0, ge=0.0)
-    kl_weight: float = Field(1.0, ge=0.0)
-    adv_weight: float = Field(1.0, ge=0.0)
-
-
-class AlphaGANConfig(NetConfig):
-    """alpha-GAN (Rosca et al. 2017, Algorithm 1): an image and a code discriminator.
-
-    ``rec_weight`` is lambda of the L1 reconstruction. ``adv_form`` is the encoder/generator side
-    of both adversarial terms: ``ratio`` is Algorithm 1's -log(D / (1 - D)), minus the
-    discriminator's logit (its log density-ratio estimate); ``non_saturating`` is -log D
-    (Goodfellow et al. 2014, section 3).
-    """
-
-    n_critic: int = Field(1, ge=1, description="Algorithm 1: one update per discriminator")
-    rec_weight: float = Field(1.0, ge=0.0, description="lambda of ||x - G(E(x))||_1")
-    adv_form: Literal["ratio", "non_saturating"] = "ratio"
-    code_hidden: int = Field(64, ge=1, description="hidden units of the code discriminator")
-    code_layers: int = Field(2, ge=1, description="hidden layers of the code discriminator")
-
-
-class ALIConfig(NetConfig):
-    """ALI / BiGAN (Dumoulin et al. 2016; Donahue et al. 2017): one discriminator on (x, z).
-
-    The discriminator joins the image critic's top features with an MLP embedding of z
-    (``code_hidden`` units, ``code_layers`` layers) and scores the pair with one more MLP layer.
-    """
-
-    n_critic: int = Field(1, ge=1, description="ALI, Algorithm 1: one update per batch")
-    code_hidden: int = Field(64, ge=1, description="hidden units of the z and joint paths")
-    code_layers: int = Field(2, ge=1, description="hidden layers of the z path")
-
-
-class DDPMConfig(Frozen):
-    """DDPM (Ho et al. 2020) trained on L_simple, sampled with deterministic DDIM (Song et al.).
-
-    The network is MONAI's ``DiffusionModelUNet``: ``channels`` per level (each level but the
-    last halves the resolution), ``attention_levels`` per level (off: the CPU profile's speed),
-    ``num_res_blocks`` per level. Ho et al.'s CIFAR-10 values (channels 128-256-256-256,
-    attention at 16x16, 2 blocks, T = 1000) belong in params for GPU runs.
-    """
-
-    # The base model reads ``latent_dim`` from its config; a diffusion model's latent is its
-    # initial noise x_T, whose size the image geometry sets, so the model overrides it.
-    latent_dim: ClassVar[int] = 0
-
-    channels: tuple[int, ...] = Field((16, 32, 32), min_length=2)
-    attention_levels: tuple[bool, ...] = (False, False, False)
-    num_res_blocks: int = Field(1, ge=1)
-    norm_num_groups: int = Field(8, ge=1, description="group norm groups; divides every level")
-    num_head_channels: int = Field(8, ge=1, description="channels per attention head")
-    num_train_timesteps: int = Field(1000, ge=2, description="T (Ho et al. 2020: 1000)")
-    schedule: Literal["linear_beta", "scaled_linear_beta"] = "linear_beta"
-    beta_start: float = Field(1e-4, gt=0.0, lt=1.0, description="beta_1 (Ho et al.: 1e-4)")
-    beta_end: float = Field(0.02, gt=0.0, lt=1.0, description="beta_T (Ho et al.: 0.02)")
-    ddim_steps: int = Field(50, ge=1, description="network calls per DDIM sample")
-
-    @model_validator(mode="after")
-    def _levels(self) -> DDPMConfig:
-        if len(self.attention_levels) != len(self.channels):
-            raise ValueError(
-                f"attention_levels ({len(self.attention_levels)}) needs one entry per level "
-                f"of channels ({len(self.channels)})"
-            )
-        bad = [c for c in self.channels if c % self.norm_num_groups]
-        if bad:
-            raise ValueError(
-                f"channels {bad} are not multiples of norm_num_groups ({self.norm_num_groups})"
-            )
-        if self.ddim_steps > self.num_train_timesteps:
-            raise ValueError(
-                f"ddim_steps ({self.ddim_steps}) must be <= num_train_timesteps "
-                f"({self.num_train_timesteps})"
-            )
-        if self.beta_start >= self.beta_end:
-            raise ValueError(f"beta_start ({self.beta_start}) must be < beta_end ({self.beta_end})")
         return self
 
 

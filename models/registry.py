@@ -1,36 +1,25 @@
-"""The model registry: ``@register("gvae", GVAEConfig)`` fills one dict.
+"""The model registry: the zoo's ``@register("gvae", GVAEConfig)`` fills one dict.
 
-A class may be registered under several names with different config classes: ``beta_vae`` is
-the VAE class with ``BetaVAEConfig`` (beta = 4 by default), not a copied class.
+Every module of the ``models/zoo`` folder is imported (found by listing the folder, so a new
+model is a new zoo module and nothing here changes); each registers its classes with
+``models.zoo.register``. A class may be registered under several names with different config
+classes: ``beta_vae`` is the VAE class with ``BetaVAEConfig`` (beta = 4 by default), not a
+copied class.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+import pkgutil
+from functools import cache
 from typing import Any
 
 from pydantic import BaseModel
 
+import models.zoo
 from models.base import GenerativeModel
 from models.config import NetConfig
-
-_MODULES = (
-    "models.zoo.vae",
-    "models.zoo.wgan_gp",
-    "models.zoo.vae_gan",
-    "models.zoo.gvae",
-    "models.zoo.ae",
-    "models.zoo.beta_tcvae",
-    "models.zoo.gan",
-    "models.zoo.wgan",
-    "models.zoo.constrained_vae_gan",
-    "models.zoo.aae",
-    "models.zoo.alpha_gan",
-    "models.zoo.ali",
-    "models.zoo.ddpm",
-)
-_REGISTRY: dict[str, tuple[type[GenerativeModel], type[NetConfig]]] = {}
+from models.zoo import _REGISTRY
 
 
 class UnknownModelError(KeyError, ValueError):
@@ -40,21 +29,11 @@ class UnknownModelError(KeyError, ValueError):
         return str(self.args[0])
 
 
-def register(name: str, config_cls: type[NetConfig]) -> Callable[[type], type]:
-    """Class decorator registering a ``GenerativeModel`` under ``name`` with its config class."""
-
-    def deco(cls: type[GenerativeModel]) -> type[GenerativeModel]:
-        if name in _REGISTRY and _REGISTRY[name][0] is not cls:
-            raise ValueError(f"model name {name!r} is already registered")
-        _REGISTRY[name] = (cls, config_cls)
-        return cls
-
-    return deco
-
-
+@cache
 def _load_all() -> None:
-    for module in _MODULES:
-        importlib.import_module(module)
+    """Import every module of the models/zoo folder once (registration is their decorator)."""
+    for module in pkgutil.iter_modules(models.zoo.__path__, "models.zoo."):
+        importlib.import_module(module.name)
 
 
 def available() -> list[str]:

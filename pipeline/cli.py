@@ -10,49 +10,31 @@ import argparse
 import importlib
 import sys
 
-from pipeline.params.loader import DEFAULT_PARAMS, ParamsError
+from pipeline.errors import ParamsError, StageError
+from pipeline.params.loader import DEFAULT_PARAMS
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "phantom": (
-        "pipeline.cohort.phantom.write",
-        "write the synthetic abdominal CT cohort (TCIA layout)",
-    ),
-    "fetch-tcia": (
-        "pipeline.cohort.fetch.download",
-        "download a TCIA collection + labels (resumable)",
-    ),
-    "ingest": ("pipeline.cohort.ingest", "DICOM series + NIfTI labels -> HU volumes + manifest"),
-    "slices": (
-        "pipeline.cohort.write_slices",
-        "window, crop and split volumes or 2D pairs into shards",
-    ),
-    "mnist": ("pipeline.sanity.data", "download (or read a mirror of) MNIST / Fashion-MNIST"),
+    "phantom": ("pipeline.stages.phantom", "write the synthetic abdominal CT cohort (TCIA layout)"),
+    "fetch-tcia": ("pipeline.stages.fetch_tcia", "download a TCIA collection + labels (resumable)"),
+    "ingest": ("pipeline.stages.ingest", "DICOM series + NIfTI labels -> HU volumes + manifest"),
+    "slices": ("pipeline.stages.slices", "window, crop and split volumes or 2D pairs into shards"),
+    "mnist": ("pipeline.stages.mnist", "download (or read a mirror of) MNIST / Fashion-MNIST"),
     "classifier": ("pipeline.stages.classifier", "train the in-domain classifier for metrics"),
     "train": ("pipeline.stages.train", "train one registry model with the shared trainer"),
-    "sample": ("pipeline.sanity.sample", "draw synthetic images from a trained run"),
-    "evaluate": ("pipeline.sanity.evaluate", "MMD, MS-SSIM, ELBO/KL/IWAE, mode coverage, FID"),
-    "tables": ("pipeline.sanity.tables", "comparison table and side-by-side sample figure"),
+    "sample": ("pipeline.stages.sample", "draw synthetic images from a trained run"),
+    "evaluate": ("pipeline.stages.evaluate", "MMD, MS-SSIM, ELBO/KL/IWAE, mode coverage, FID"),
+    "tables": ("pipeline.stages.tables", "comparison table and side-by-side sample figure"),
     "generate": ("pipeline.stages.generate", "synthetic (image, mask) CT pairs from a trained run"),
-    "ct-features": (
-        "pipeline.augment.quality.train_features",
-        "train the in-domain CT feature net",
-    ),
-    "ct-quality": (
-        "pipeline.augment.quality.evaluate",
-        "synthetic vs real test CT: MMD, FID, anatomy",
-    ),
-    "ct-quality-report": ("pipeline.augment.quality.report", "CT quality comparison table"),
+    "ct-features": ("pipeline.stages.ct_features", "train the in-domain CT feature net"),
+    "ct-quality": ("pipeline.stages.ct_quality", "synthetic vs real test CT: MMD, FID, anatomy"),
+    "ct-quality-report": ("pipeline.stages.ct_quality_report", "CT quality comparison table"),
     "segment": ("pipeline.stages.segment", "MONAI UNet per condition: Dice on held-out patients"),
     "report": ("pipeline.stages.report", "one self-contained HTML report of the whole run"),
-    "export": ("pipeline.export.run", "synthetic set -> DICOM study (SC + SEG), PACS C-STORE"),
+    "export": ("pipeline.stages.export", "synthetic set -> DICOM study (SC + SEG), PACS C-STORE"),
     "serve": ("pipeline.stages.serve", "Prefect: the DAG on a cron schedule, exports on request"),
-    "plots-template": ("pipeline.report.plots_template", "offline HTML page for `dvc plots show`"),
+    "plots-template": ("pipeline.stages.plots_template", "offline HTML page for `dvc plots show`"),
 }
-
-
-class StageError(RuntimeError):
-    """A stage failed for a reason the user can act on; the message names file and problem."""
 
 
 def _top_parser() -> argparse.ArgumentParser:
@@ -92,8 +74,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    # `python -m pipeline.cli`: run the imported module's main, whose StageError is the class the
-    # stages raise (this file, run as __main__, would define a second one).
-    from pipeline.cli import main as _main
-
-    sys.exit(_main())
+    sys.exit(main())

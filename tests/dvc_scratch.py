@@ -12,7 +12,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def scratch_repo(tmp_path: Path, params: dict) -> Path:
-    """Copy pipeline/, models/ and dvc.yaml into ``tmp_path/repo`` with ``params``; return it.
+    """Copy the code (common/, pipeline/, models/) and dvc.yaml into ``tmp_path/repo`` with
+    ``params``; return it.
 
     Fails (never skips) when ``gvae`` or ``dvc`` is not installed: the DAG calls both.
     """
@@ -21,7 +22,7 @@ def scratch_repo(tmp_path: Path, params: dict) -> Path:
     work = tmp_path / "repo"
     work.mkdir()
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ("pipeline", "models"):
+    for name in ("common", "pipeline", "models"):
         shutil.copytree(REPO / name, work / name, ignore=ignore)
     shutil.copy(REPO / "dvc.yaml", work / "dvc.yaml")
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -100,7 +100,7 @@ def make_run_tree(root: Path, datasets: tuple[str, ...] = ("mnist",)) -> dict[st
 
     Returns the paths ``gvae report`` takes (params, the input folders, lock, repo, out).
     """
-    from pipeline.augment.quality.metrics import report as ct_quality_report
+    from pipeline.augment.quality import report as ct_quality_report
     from pipeline.augment.segment.results import write_results
     from pipeline.params.segment import SegmentParams
     from pipeline.sanity.tables import build_table

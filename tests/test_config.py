@@ -10,16 +10,10 @@ from pydantic import ValidationError
 
 from models.registry import available
 from pipeline.cli import main
-from pipeline.params.loader import (
-    ParamsError,
-    SlicesParams,
-    SplitParams,
-    configured_models,
-    load_model_config,
-    load_params,
-    load_params_models,
-    load_section,
-)
+from pipeline.errors import ParamsError
+from pipeline.params.cohort import SlicesParams, SplitParams
+from pipeline.params.loader import load_params, load_section
+from pipeline.params.models import configured_models, load_model_config, load_params_models
 
 REPO = Path(__file__).resolve().parents[1]
 

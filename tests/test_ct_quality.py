@@ -246,9 +246,10 @@ def folders(tmp_path_factory):
 
 
 def test_stages_end_to_end(folders, tmp_path, monkeypatch, capsys):
-    from pipeline.augment.quality.metrics import evaluate as ct_quality
-    from pipeline.augment.quality.metrics import report as ct_quality_report
-    from pipeline.augment.quality.metrics import train_features as ct_features
+    from pipeline.augment.quality import evaluate as ct_quality
+    from pipeline.augment.quality import report as ct_quality_report
+    from pipeline.augment.quality import train_features as ct_features
+    from pipeline.stages import ct_quality as ct_quality_stage
 
     summary = ct_features.run(FP, folders / "slices", tmp_path / "feat")
     assert summary["heldout_split"] == "val" and summary["n_heldout"] == 10
@@ -283,7 +284,7 @@ def test_stages_end_to_end(folders, tmp_path, monkeypatch, capsys):
         params=str(params), slices=str(folders / "slices"), features=str(tmp_path / "feat"),
         synthetic=str(folders / "syn"), reference=False, out=str(evals / "toy2"),
     )  # fmt: skip
-    assert ct_quality.main(args) == 0 and "near-copies" in capsys.readouterr().out
+    assert ct_quality_stage.main(args) == 0 and "near-copies" in capsys.readouterr().out
 
     rows = ct_quality_report.run(evals, tmp_path / "report", order=["toy2", "toy"])
     assert list(rows) == [Q.TARGET_ROW, Q.REFERENCE_ROW, "toy2", "toy"]
@@ -294,9 +295,9 @@ def test_stages_end_to_end(folders, tmp_path, monkeypatch, capsys):
 def test_near_copies_per_training_fraction(folders, tmp_path, capsys):
     # Each fraction's generator set is checked against the train split with the f1.0 set's
     # threshold; copies planted in the low-data set are found there and only there.
-    from pipeline.augment.quality.metrics import evaluate as ct_quality
-    from pipeline.augment.quality.metrics import report as ct_quality_report
-    from pipeline.augment.quality.metrics import train_features as ct_features
+    from pipeline.augment.quality import evaluate as ct_quality
+    from pipeline.augment.quality import report as ct_quality_report
+    from pipeline.augment.quality import train_features as ct_features
 
     ct_features.run(FP, folders / "slices", tmp_path / "feat")
     train_img, train_msk = load_slices(folders / "slices", "train")[:2]
@@ -354,8 +355,8 @@ def test_near_copies_per_training_fraction(folders, tmp_path, capsys):
 
 
 def test_quality_refuses_mismatched_synthetic_grid(folders, tmp_path):
-    from pipeline.augment.quality.metrics import evaluate as ct_quality
-    from pipeline.augment.quality.metrics import train_features as ct_features
+    from pipeline.augment.quality import evaluate as ct_quality
+    from pipeline.augment.quality import train_features as ct_features
 
     ct_features.run(FP, folders / "slices", tmp_path / "feat")
     img, msk = toy_ct(12, 30, size=16)
@@ -373,9 +374,9 @@ def test_quality_refuses_mismatched_synthetic_grid(folders, tmp_path):
 
 
 def test_ct_features_cli_uses_local_weights_instead_of_training(folders, tmp_path, monkeypatch):
-    from pipeline.augment.quality.metrics import train_features as ct_features
-    from pipeline.cli import StageError
+    from pipeline.errors import StageError
     from pipeline.params import loader as config
+    from pipeline.stages import ct_features as ct_features_stage
 
     monkeypatch.setitem(config.SECTIONS, "ct_features", CtFeatureParams)
     params = tmp_path / "params.yaml"
@@ -386,7 +387,7 @@ def test_ct_features_cli_uses_local_weights_instead_of_training(folders, tmp_pat
         params=str(params), slices=str(folders / "slices"), out=str(tmp_path / "feat"),
         weights=str(tmp_path / "bare.pt"),
     )  # fmt: skip
-    assert ct_features.main(args) == 0
+    assert ct_features_stage.main(args) == 0
     summary = json.loads((tmp_path / "feat/summary.json").read_text())
     assert summary["source"] == "weights: bare.pt"
     saved = load_feature_net(tmp_path / "feat/feature_net.pt").state_dict()
@@ -394,4 +395,4 @@ def test_ct_features_cli_uses_local_weights_instead_of_training(folders, tmp_pat
     assert all(torch.equal(saved[k], bare[k]) for k in bare)  # loaded, not trained
     params.write_text("ct_features: {channels: [8, 32], feature_dim: 8}\n")
     with pytest.raises(StageError, match="bare.pt: weights do not fit"):
-        ct_features.main(args)
+        ct_features_stage.main(args)

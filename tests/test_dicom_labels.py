@@ -23,8 +23,10 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from pipeline.cohort import ingest
+from pipeline.cohort.sources import tcia
 from pipeline.io import dicom_read
-from pipeline.io.dicom_read import LPS_TO_RAS, read_series
+from pipeline.io.dicom_geometry import LPS_TO_RAS
+from pipeline.io.dicom_read import read_series
 from pipeline.io.label_dicom import CtGrid, ct_grid, fill_contours, read_dicom_label, stack_frames
 from pipeline.io.label_geometry import place_label
 from pipeline.params.loader import IngestParams
@@ -59,7 +61,7 @@ def real(real_data_dir, tmp_path_factory):
     }
     data["rtstruct"] = rtstruct(data, "rt", {"Pancreas": truth, "BODY": box})
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(ingest, "read_series", lambda *args, **kwargs: series)
+        patch.setattr(tcia, "read_series", lambda *args, **kwargs: series)
         yield data
 
 
@@ -185,10 +187,10 @@ def test_label_series_inside_the_case_folder(real):
     os.symlink(real["seg"], case_dir / "SEG-0001.dcm")
     labels = real["tmp"] / "inside" / "labels"
     labels.mkdir()
-    assert ingest.label_path_for(CASE, labels, case_dir) == case_dir / "SEG-0001.dcm"
+    assert tcia.label_path_for(CASE, labels, case_dir) == case_dir / "SEG-0001.dcm"
     with pytest.MonkeyPatch.context() as patch:
         # The real read this time: the series choice must pass over the SEG series beside the CT.
-        patch.setattr(ingest, "read_series", dicom_read.read_series)
+        patch.setattr(tcia, "read_series", dicom_read.read_series)
         row = ingest.ingest_case(case_dir, labels, real["tmp"] / "inside" / "out", PARAMS)
     assert_pancreas_hu(row)
     assert row["label_placement"] == "seg-exact" and row["label_voxels"] == 78329
@@ -199,7 +201,7 @@ def test_two_label_files_are_an_error_naming_both(tmp_path):
     (tmp_path / "label0001.nii.gz").write_bytes(b"")
     (tmp_path / "label0001.dcm").write_bytes(b"")
     with pytest.raises(ValueError, match="2 label files") as err:
-        ingest.label_path_for(CASE, tmp_path)
+        tcia.label_path_for(CASE, tmp_path)
     assert str(tmp_path / "label0001.dcm") in str(err.value)
     assert "label0001.nii.gz" in str(err.value)
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from pipeline.params.loader import ParamsError, load_model_config, load_params_models
+from pipeline.params.loader import ParamsError
+from pipeline.params.models import load_model_config, load_params_models
 
 from .conftest import REPO
 

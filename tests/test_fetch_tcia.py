@@ -346,7 +346,7 @@ def test_retries_exhausted_names_the_series(real, stub, tmp_path):
 
 # ----------------------------------------------------------------------------- input checks
 def test_unknown_patient_and_bad_params(stub, tmp_path):
-    from pipeline.cli import StageError
+    from pipeline.errors import StageError
 
     with pytest.raises(StageError, match="no series of patient\\(s\\) PANCREAS_0099"):
         fetch_tcia.run(params(stub), tmp_path, patients=["PANCREAS_0099"], progress=False)

@@ -15,8 +15,9 @@ from pipeline.cli import main
 from pipeline.cohort.phantom import write as phantom
 from pipeline.cohort.phantom.write import IMAGES_DIR, LABELS_DIR
 from pipeline.flows.cohort import LOOPBACK, cohort_dask, task_runner
+from pipeline.params.cohort import PhantomParams
 from pipeline.params.flows import DaskParams
-from pipeline.params.loader import ParamsError, PhantomParams, load_section
+from pipeline.params.loader import ParamsError, load_section
 
 from .prefect_fixtures import QUIET
 

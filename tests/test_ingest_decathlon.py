@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 
 from pipeline.cohort import ingest
-from pipeline.cohort.sources.decathlon import DecathlonCase, find_decathlon_cases
-from pipeline.cohort.sources.decathlon_ingest import decathlon_label
+from pipeline.cohort.sources.decathlon import DecathlonCase, decathlon_label, find_decathlon_cases
 from pipeline.io.dicom_read import read_series
 from pipeline.io.nifti import write_nifti
 from pipeline.params.ingest import DecathlonParams, IngestParams

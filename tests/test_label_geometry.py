@@ -18,6 +18,7 @@ import SimpleITK as sitk
 
 from pipeline import cli
 from pipeline.cohort import ingest
+from pipeline.cohort.sources import tcia
 from pipeline.io.dicom_read import read_series
 from pipeline.io.label_geometry import place_label, resample_nearest, voxel_transform
 from pipeline.params.loader import IngestParams
@@ -156,7 +157,7 @@ def real(real_data_dir, tmp_path_factory):
     series = read_series(src / "Pancreas-CT" / CASE)
     with pytest.MonkeyPatch.context() as patch:
         # ingest_case still runs whole (hash, placement, checks, writes); only the read is reused.
-        patch.setattr(ingest, "read_series", lambda folder, *args, **kwargs: series)
+        patch.setattr(tcia, "read_series", lambda folder, *args, **kwargs: series)
         data = {
             "src": src,
             "case_dir": src / "Pancreas-CT" / CASE,

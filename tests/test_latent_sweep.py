@@ -23,7 +23,7 @@ from tests.dvc_scratch import scratch_repo
 from tests.test_e2e_dvc import TINY, _merge
 
 REPO = Path(__file__).resolve().parents[1]
-LATENT = "models.zoo.gvae.model.latent_dim"
+LATENT = "models.gvae.model.latent_dim"
 TARGET = "evaluate@mnist-gvae-0"  # + its upstream: train@mnist-gvae-0, sample@mnist-gvae-0
 METRICS = "data/eval/mnist/gvae/s0/metrics.json"
 SIZES = (4, 8)

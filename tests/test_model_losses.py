@@ -14,8 +14,9 @@ from torch.distributions import Normal
 
 from models.config import TrainConfig
 from models.registry import build_model
+from models.train.checkpoint import load_checkpoint
 from models.train.optim import make_optimizer
-from models.train.trainer import load_checkpoint, train
+from models.train.trainer import train
 from models.zoo.beta_tcvae import mws_decomposition
 from models.zoo.constrained_vae_gan import hinge
 from models.zoo.gan import discriminator_loss, nonsaturating_loss

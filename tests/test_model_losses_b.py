@@ -10,9 +10,8 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from models.config import ALIConfig
 from models.registry import build_model
-from models.zoo.ali import JointCritic
+from models.zoo.ali import ALIConfig, JointCritic
 from models.zoo.ddpm import noise_prediction_loss
 
 from .conftest import REPO

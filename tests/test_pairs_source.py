@@ -16,14 +16,14 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
-from pipeline.cli import StageError
 from pipeline.cli import main as cli_main
 from pipeline.cohort.pairs import find_pairs, read_pair
 from pipeline.cohort.slicing import to_display
 from pipeline.cohort.split import SPLITS, SplitError
 from pipeline.cohort.write_slices import run
+from pipeline.errors import StageError
 from pipeline.io.shards import load_slices
-from pipeline.params.loader import PairsParams, SlicesParams, SplitParams
+from pipeline.params.cohort import PairsParams, SlicesParams, SplitParams
 
 N = 64  # stored matrix of the synthetic pairs; 1 mm pixels
 CASES = [f"P_{i}" for i in range(1, 6)]

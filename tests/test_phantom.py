@@ -10,13 +10,13 @@ import numpy as np
 import pydicom
 import pytest
 
-from pipeline.cli import StageError
 from pipeline.cli import main as cli_main
 from pipeline.cohort.phantom import organs as org
 from pipeline.cohort.phantom import write as phantom
 from pipeline.cohort.phantom.anatomy import case_rng, make_case, sample_geometry, tissue_map
+from pipeline.errors import StageError
 from pipeline.io.dicom_write import SeriesHeader, write_ct_series
-from pipeline.params.loader import PhantomParams
+from pipeline.params.cohort import PhantomParams
 
 TINY = PhantomParams(cases=2, seed=0, slices=16, matrix=64, slice_thickness_mm=5.0)
 STUDY_RE = re.compile(r"^\d{2}-\d{2}-\d{4}-PANCREAS(\d{4})-Pancreas-\d{5}$")

@@ -19,10 +19,7 @@ from pydantic import ValidationError
 
 from common.atomic import write_json
 from pipeline.augment.segment.experiment import (
-    Condition,
     check_leakage,
-    expand_conditions,
-    parse_condition,
     parse_synthetic_args,
     synthetic_folder,
     training_subset,
@@ -37,9 +34,9 @@ from pipeline.augment.segment.train import (
     predict,
     train_segmenter,
 )
-from pipeline.cli import StageError
+from pipeline.errors import StageError
 from pipeline.io.shards import FORMAT, INDEX_NAME, ShardWriter
-from pipeline.params.segment import SegmentParams
+from pipeline.params.segment import Condition, SegmentParams, expand_conditions, parse_condition
 from pipeline.stages import segment as stage
 
 SIZE = 16

@@ -21,7 +21,7 @@ from pipeline.cohort.split import split_cases
 from pipeline.cohort.write_slices import run
 from pipeline.io.contact_sheet import Panel, write_contact_sheet
 from pipeline.io.shards import FORMAT, ShardWriter, load_slices, read_shard
-from pipeline.params.loader import SlicesParams, SplitParams
+from pipeline.params.cohort import SlicesParams, SplitParams
 
 # fov 100 mm on 32 px -> 3.125 mm pixels: a 4x downsample of the ~0.8 mm synthetic input.
 TINY = SlicesParams(fov_mm=100.0, size=32, negative_fraction=1.0, shard_size=8, centre="body")

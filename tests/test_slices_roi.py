@@ -24,7 +24,7 @@ from pipeline.cohort.slicing import (
 )
 from pipeline.cohort.write_slices import run
 from pipeline.io.shards import load_slices
-from pipeline.params.loader import SlicesParams, SplitParams
+from pipeline.params.cohort import SlicesParams, SplitParams
 from tests.test_slices import TINY, five_cases, phantom, write_volumes
 
 

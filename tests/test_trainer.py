@@ -11,7 +11,8 @@ import torch
 from models.config import TrainConfig
 from models.eval.grid import save_grid
 from models.registry import available, build_model
-from models.train.trainer import BatchSampler, load_checkpoint, train
+from models.train.checkpoint import load_checkpoint
+from models.train.trainer import BatchSampler, train
 
 from .tiny_configs import tiny_config
 

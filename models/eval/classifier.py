@@ -10,14 +10,14 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.base import eval_mode
+from models.base import batched
 
 N_CLASSES = 10
 
@@ -93,25 +93,22 @@ def train_classifier(
         return _train(x, y, steps, batch_size, lr, seed, channels, feature_dim)
 
 
-def _train(x, y, steps, batch_size, lr, seed, channels, feature_dim) -> MnistClassifier:
-    _check_images(x)
-    if y.shape != (x.shape[0],):
-        raise ValueError(f"labels must have shape ({x.shape[0]},), got {tuple(y.shape)}")
-    torch.manual_seed(seed)
-    model = MnistClassifier(tuple(channels), feature_dim)
-    gen = torch.Generator().manual_seed(seed)
+def fit_adam_cosine(
+    model: nn.Module, steps: int, lr: float, batch_loss: Callable[[], torch.Tensor]
+) -> nn.Module:
+    """Train ``model`` for ``steps`` steps on ``batch_loss()``; returned in eval mode.
+
+    Adam with the learning rate decayed by a cosine from ``lr`` to zero (``LambdaLR``): a fixed
+    step budget then ends on a small learning rate without a tuned schedule. ``batch_loss``
+    draws the step's batch (from its own seeded generator) and returns the scalar loss.
+    """
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
     )
     model.train()
-    perm, pos = torch.randperm(len(x), generator=gen), 0
     for _ in range(steps):
-        if pos + batch_size > len(x):  # epoch boundary: reshuffle
-            perm, pos = torch.randperm(len(x), generator=gen), 0
-        idx = perm[pos : pos + batch_size]
-        pos += batch_size
-        loss = F.cross_entropy(model(x[idx]), y[idx])
+        loss = batch_loss()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -119,23 +116,45 @@ def _train(x, y, steps, batch_size, lr, seed, channels, feature_dim) -> MnistCla
     return model.eval()
 
 
-@torch.no_grad()
-def _batched(model: MnistClassifier, x: torch.Tensor, fn, batch_size: int) -> torch.Tensor:
+def _epoch_batches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
+    """Index batches of seeded permutations of range(n), reshuffled when a batch would overrun."""
+    perm, pos = torch.randperm(n, generator=gen), 0
+    while True:
+        if pos + batch_size > n:  # epoch boundary: reshuffle
+            perm, pos = torch.randperm(n, generator=gen), 0
+        yield perm[pos : pos + batch_size]
+        pos += batch_size
+
+
+def _train(x, y, steps, batch_size, lr, seed, channels, feature_dim) -> MnistClassifier:
     _check_images(x)
-    device = next(model.parameters()).device
-    with eval_mode(model):
-        out = [fn(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)]
-    return torch.cat(out) if out else torch.empty(0)
+    if y.shape != (x.shape[0],):
+        raise ValueError(f"labels must have shape ({x.shape[0]},), got {tuple(y.shape)}")
+    torch.manual_seed(seed)
+    model = MnistClassifier(tuple(channels), feature_dim)
+    batches = _epoch_batches(len(x), batch_size, torch.Generator().manual_seed(seed))
+
+    def batch_loss() -> torch.Tensor:
+        idx = next(batches)
+        return F.cross_entropy(model(x[idx]), y[idx])
+
+    return fit_adam_cosine(model, steps, lr, batch_loss)
 
 
 def features(model: MnistClassifier, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     """Penultimate activations (N, feature_dim), the in-domain stand-in for Inception pool3."""
-    return _batched(model, x, model.features, batch_size)
+    _check_images(x)
+    return batched(model, x, model.features, batch_size, to_model_device=True)
 
 
 def predict_proba(model: MnistClassifier, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     """Class probabilities (N, 10) (softmax of the logits)."""
-    return _batched(model, x, lambda b: F.softmax(model(b), dim=1), batch_size)
+    _check_images(x)
+
+    def proba(b: torch.Tensor) -> torch.Tensor:
+        return F.softmax(model(b), dim=1)
+
+    return batched(model, x, proba, batch_size, to_model_device=True)
 
 
 def accuracy(model: MnistClassifier, x: torch.Tensor, y: torch.Tensor) -> float:

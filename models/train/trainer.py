@@ -1,11 +1,11 @@
 """The one trainer: every registered model goes through ``train``.
 
 Per step: ``n_critic`` critic updates (each on its own batch) for models with a critic, then one
-encoder/generator update. bf16 autocast on CUDA, fp32 on CPU. Checkpoints are atomic and hold
-everything needed to resume bit-for-bit on CPU: model and optimizer states, torch RNG states and
-the logged loss rows. Batch order is a pure function of (seed, batch index): each epoch's
-permutation comes from a ``torch.Generator`` seeded with (seed, epoch), so a resumed run draws
-exactly the batches an uninterrupted one would.
+encoder/generator update. bf16 autocast on CUDA, fp32 on CPU. Checkpoints
+(:mod:`models.train.checkpoint`) are atomic and hold everything needed to resume bit-for-bit on
+CPU: model and optimizer states, torch RNG states and the logged loss rows. Batch order is a
+pure function of (seed, batch index): each epoch's permutation comes from a ``torch.Generator``
+seeded with (seed, epoch), so a resumed run draws exactly the batches an uninterrupted one would.
 
 A non-finite loss raises ``FloatingPointError`` naming the step and the loss term instead of
 skipping the batch: a skipped divergence silently hides a broken run, while the last good
@@ -19,12 +19,11 @@ logged losses are averaged over ranks, and only rank 0 reads or writes the run f
 from __future__ import annotations
 
 import contextlib
-import csv
-import hashlib
 import math
-import shutil
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,24 +34,19 @@ from common.atomic import atomic_path
 from models.base import GenerativeModel
 from models.config import TrainConfig
 from models.eval.grid import save_grid
-from models.registry import build_model
 from models.train import distributed
-from models.train.optim import make_optimizer
-
-CHECKPOINT = "checkpoint.pt"
-LOSSES = "losses.csv"
-CRITIC_PREFIX = "critic_"  # the loss log's columns of a critic's terms
-# Settings that change the trajectory; a resume must not change them.
-_RESUME_KEYS = (
-    "seed",
-    "batch_size",
-    "optimizer",
-    "lr",
-    "adam_betas",
-    "critic_lr",
-    "critic_betas",
-    "grad_clip",
+from models.train.checkpoint import (
+    CHECKPOINT,
+    CRITIC_PREFIX,
+    ResumeError,
+    clear_products,
+    data_fingerprint,
+    read_checkpoint,
+    resume_problem,
+    save_checkpoint,
+    set_rng_state,
 )
+from models.train.optim import make_optimizer
 
 
 def save_snapshot(model: GenerativeModel, cfg: TrainConfig, dest: Path, amp) -> Path:
@@ -105,28 +99,6 @@ class BatchSampler:
         return self._perm[pos * self.batch_size : (pos + 1) * self.batch_size]
 
 
-def _write_csv(dest: Path, rows: list[dict[str, float]]) -> None:
-    if not rows:
-        return
-    with atomic_path(dest) as tmp, tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def _update(
     model, loss_fn, x, opt, params, cfg, amp, step: int, prefix: str, ctx=None
 ) -> dict[str, float]:
@@ -165,88 +137,31 @@ def _check_data(model: GenerativeModel, data: torch.Tensor) -> None:
         raise ValueError(f"data must lie in [-1, 1], got [{lo:.3f}, {hi:.3f}]")
 
 
-def data_fingerprint(data: torch.Tensor) -> str:
-    """sha256 (16 hex digits) of the training tensor's shape and bytes: a resume keeps its data."""
-    h = hashlib.sha256(str(tuple(data.shape)).encode())
-    h.update(data.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+@dataclass
+class _Run:
+    """What one ``train`` call works with, as :func:`_setup` prepared it."""
+
+    model: GenerativeModel
+    data: torch.Tensor  # on the device, in the model's memory format
+    cfg: TrainConfig
+    out_dir: Path
+    ctx: distributed.Distributed | None  # None in one process
+    main: bool  # the one process or rank 0: the rank that reads and writes the run folder
+    device: torch.device
+    amp: Callable[[], contextlib.AbstractContextManager]
+    fingerprint: str
+    gen_params: list[torch.nn.Parameter]
+    critic_params: list[torch.nn.Parameter]
+    gen_opt: torch.optim.Optimizer
+    critic_opt: torch.optim.Optimizer | None
+
+    def shard(self, indices: torch.Tensor) -> torch.Tensor:
+        """This rank's part of a batch's indices (all of them in one process)."""
+        return self.ctx.shard(indices) if self.ctx else indices
 
 
-def checkpoint_digest(path: str | Path) -> str:
-    """sha256 (16 hex digits) of a checkpoint file: which trained weights made a product."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
-
-
-class ResumeError(ValueError):
-    """A checkpoint that this run may not continue (other model, data or trajectory settings)."""
-
-
-def resume_problem(
-    ck: dict[str, Any], model: GenerativeModel, cfg: TrainConfig, fingerprint: str
-) -> str | None:
-    """Why checkpoint ``ck`` cannot be continued by this run, or None if it can.
-
-    A checkpoint continues only the same network (name, config, shape) on the same data
-    (``fingerprint``) with the same trajectory settings (``_RESUME_KEYS``), and only forwards:
-    one already past ``cfg.steps`` would hand back a longer-trained model than asked for.
-    """
-    mine = (model.name, model.config.model_dump(mode="json"), model.channels, model.size)
-    theirs = (ck["model_name"], ck["model_config"], ck["channels"], ck["size"])
-    if mine != theirs:
-        return f"checkpoint is for {theirs}, not the model given {mine}"
-    if ck.get("data_fingerprint") != fingerprint:
-        return (
-            f"checkpoint was trained on other data (fingerprint {ck.get('data_fingerprint')}, "
-            f"this data {fingerprint})"
-        )
-    old = TrainConfig.model_validate(ck["train_config"])
-    changed = [k for k in _RESUME_KEYS if getattr(old, k) != getattr(cfg, k)]
-    if changed:
-        return f"cannot resume with changed train settings {changed}"
-    if ck["step"] > cfg.steps:
-        return f"checkpoint is at step {ck['step']}, beyond the {cfg.steps} steps asked for"
-    return None
-
-
-def _clear_products(out_dir: Path) -> None:
-    """Remove what ``train`` writes into a run folder (checkpoint, loss log, sample grids)."""
-    (out_dir / CHECKPOINT).unlink(missing_ok=True)
-    (out_dir / LOSSES).unlink(missing_ok=True)
-    shutil.rmtree(out_dir / "samples", ignore_errors=True)
-
-
-def _read_checkpoint(path: Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def train(
-    model: GenerativeModel,
-    data: torch.Tensor,
-    cfg: TrainConfig,
-    out_dir: Path,
-    resume: bool | Literal["if_compatible"] = False,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Train ``model`` on ``data`` (N, C, H, W) in [-1, 1] for ``cfg.steps`` steps.
-
-    Writes ``out_dir/checkpoint.pt`` (every ``checkpoint_every`` steps and at the end),
-    ``out_dir/losses.csv`` (step + every loss term, every ``log_every`` steps; critic terms are
-    prefixed ``critic_``) and ``out_dir/samples/step-XXXXXX.png`` (fixed noise). With
-    ``resume=True`` and a checkpoint present, training continues from it (a missing checkpoint
-    starts afresh); a checkpoint that :func:`resume_problem` refuses raises ``ResumeError``, or
-    with ``resume="if_compatible"`` is removed with the loss log and sample grids, saying why on
-    stderr, and training starts afresh (what ``dvc repro`` uses, so an interrupted long run goes
-    on and a stale one never does). The caller seeds model initialisation; the trainer seeds
-    everything after.
-    Returns {"model", "device", "steps", "steps_run", "seconds", "step_s", "img_per_s"
-    (global), "peak_memory_mb" (None on CPU), "world_size", "final_losses"}. Raises
-    ``FloatingPointError`` on a non-finite loss (module docstring). Under a process group
-    every rank calls this with the same arguments (module docstring).
-    """
+def _setup(model: GenerativeModel, data: torch.Tensor, cfg: TrainConfig, out_dir: Path) -> _Run:
+    """Check the data, put model and data on the device and layout, build the optimizers."""
     out_dir = Path(out_dir)
     _check_data(model, data)
     ctx = distributed.current()  # None in one process
@@ -276,131 +191,142 @@ def train(
             cfg.critic_lr or cfg.lr,
             cfg.critic_betas or cfg.adam_betas,
         )
+    return _Run(
+        model=model,
+        data=data,
+        cfg=cfg,
+        out_dir=out_dir,
+        ctx=ctx,
+        main=main,
+        device=device,
+        amp=amp,
+        fingerprint=fingerprint,
+        gen_params=gen_params,
+        critic_params=critic_params,
+        gen_opt=gen_opt,
+        critic_opt=critic_opt,
+    )
 
-    start, rows = 0, []
+
+def _restore(
+    run: _Run, resume: bool | Literal["if_compatible"]
+) -> tuple[int, list[dict[str, float]]]:
+    """(start step, loss rows): a checkpoint's state continued, or the RNG seeded afresh.
+
+    Rank 0 alone reads (and may clear) the run folder; every rank continues its answer.
+    """
+    model, cfg, out_dir, ctx = run.model, run.cfg, run.out_dir, run.ctx
     ck_path = out_dir / CHECKPOINT
 
     def resumable() -> dict[str, Any] | None:
-        ck = _read_checkpoint(ck_path) if resume and ck_path.exists() else None
-        problem = ck and resume_problem(ck, model, cfg, fingerprint)
+        ck = read_checkpoint(ck_path) if resume and ck_path.exists() else None
+        problem = ck and resume_problem(ck, model, cfg, run.fingerprint)
         if problem and resume != "if_compatible":
             raise ResumeError(f"{ck_path}: {problem}")
         if problem:  # a stale run of other settings or data: never continued, never left behind
             print(f"{out_dir}: starting afresh: {problem}", file=sys.stderr)
-            _clear_products(out_dir)
+            clear_products(out_dir)
             ck = None
         return ck
 
-    # Rank 0 alone reads (and may clear) the run folder; every rank continues its answer.
     ck = resumable() if ctx is None else ctx.on_main(resumable)
-    if ck is not None:
-        model.load_state_dict(ck["model_state"])
-        gen_opt.load_state_dict(ck["gen_opt_state"])
-        if critic_opt is not None:
-            critic_opt.load_state_dict(ck["critic_opt_state"])
-        _set_rng_state(ck["rng"])
-        if ctx is not None:
-            ctx.sync_cuda_rng(device)
-        start, rows = ck["step"], [r for r in ck["loss_rows"] if r["step"] <= ck["step"]]
-    else:
+    if ck is None:
         torch.manual_seed(cfg.seed)
+        return 0, []
+    model.load_state_dict(ck["model_state"])
+    run.gen_opt.load_state_dict(ck["gen_opt_state"])
+    if run.critic_opt is not None:
+        run.critic_opt.load_state_dict(ck["critic_opt_state"])
+    set_rng_state(ck["rng"])
+    if ctx is not None:
+        ctx.sync_cuda_rng(run.device)
+    return ck["step"], [r for r in ck["loss_rows"] if r["step"] <= ck["step"]]
 
-    per_step = model.n_critic + 1 if model.has_critic else 1
-    sampler = BatchSampler(data.shape[0], cfg.batch_size, cfg.seed)
-    noise_gen = torch.Generator().manual_seed(cfg.seed)
-    fixed_z = torch.randn(cfg.grid**2, model.latent_dim, generator=noise_gen).to(device)
 
-    def save_checkpoint(step: int) -> None:
-        state = {
-            "model_name": model.name,
-            "model_config": model.config.model_dump(mode="json"),
-            "channels": model.channels,
-            "size": model.size,
-            "train_config": cfg.model_dump(mode="json"),
-            "data_fingerprint": fingerprint,
-            "step": step,
-            "model_state": model.state_dict(),
-            "gen_opt_state": gen_opt.state_dict(),
-            "critic_opt_state": critic_opt.state_dict() if critic_opt else None,
-            "rng": _rng_state(),
-            "loss_rows": rows,
-        }
-        with atomic_path(ck_path) as tmp:
-            torch.save(state, tmp)
-        _write_csv(out_dir / LOSSES, rows)
-
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    t0 = time.perf_counter()
+def _step(run: _Run, sampler: BatchSampler, s: int, per_step: int) -> dict[str, float]:
+    """Step ``s + 1``: ``n_critic`` critic updates (each on its own batch), then one
+    encoder/generator update; returns the logged loss values (critic terms prefixed)."""
+    model, cfg, ctx, step = run.model, run.cfg, run.ctx, s + 1
+    batch = iter(range(s * per_step, (s + 1) * per_step))
     logged: dict[str, float] = {}
-    bar = tqdm(
-        range(start, cfg.steps),
-        initial=start,
-        total=cfg.steps,
-        disable=not (progress and main),
-        desc=model.name,
-        dynamic_ncols=True,
-    )
-    shard = ctx.shard if ctx else (lambda indices: indices)  # this rank's part of a batch
-    for s in bar:
-        step = s + 1
-        batch = iter(range(s * per_step, (s + 1) * per_step))
-        logged = {}
-        if model.has_critic:
-            for _ in range(model.n_critic):
-                x = data[shard(sampler.indices(next(batch))).to(device)]
-                logged = _update(
-                    model,
-                    model.critic_loss,
-                    x,
-                    critic_opt,
-                    critic_params,
-                    cfg,
-                    amp,
-                    step,
-                    CRITIC_PREFIX,
-                    ctx,
-                )
-                model.after_critic_step()  # e.g. WGAN's weight clipping
-            for p in critic_params:  # the generator step needs no critic gradients
-                p.requires_grad_(False)
-        try:
-            x = data[shard(sampler.indices(next(batch))).to(device)]
-            logged = {
-                **_update(model, model.losses, x, gen_opt, gen_params, cfg, amp, step, "", ctx),
-                **logged,
-            }
-            model.after_generator_step()
-        finally:
-            for p in critic_params:
-                p.requires_grad_(True)
-
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            rows.append({"step": step, **logged})
-            bar.set_postfix(total=f"{logged['total']:.4g}", refresh=False)
-        checkpoint = step % cfg.checkpoint_every == 0 or step == cfg.steps
-        if main and checkpoint:
-            save_checkpoint(step)
-        if main and (step % cfg.sample_every == 0 or step == cfg.steps):
-            model.eval()
-            with torch.no_grad(), amp():
-                grid = model.decode(fixed_z)
-            model.train()
-            save_grid(
-                grid.float().cpu().numpy(),
-                out_dir / "samples" / f"step-{step:06d}.png",
-                cfg.grid,
-                scale=1,
+    if model.has_critic:
+        for _ in range(model.n_critic):
+            x = run.data[run.shard(sampler.indices(next(batch))).to(run.device)]
+            logged = _update(
+                model,
+                model.critic_loss,
+                x,
+                run.critic_opt,
+                run.critic_params,
+                cfg,
+                run.amp,
+                step,
+                CRITIC_PREFIX,
+                ctx,
             )
-            if cfg.snapshot_samples:
-                save_snapshot(model, cfg, out_dir / "samples" / f"step-{step:06d}.npz", amp)
-        if ctx is not None and checkpoint:
-            ctx.barrier()  # the other ranks wait until rank 0's checkpoint and grid are written
-    bar.close()
-    seconds = time.perf_counter() - t0
+            model.after_critic_step()  # e.g. WGAN's weight clipping
+        for p in run.critic_params:  # the generator step needs no critic gradients
+            p.requires_grad_(False)
+    try:
+        x = run.data[run.shard(sampler.indices(next(batch))).to(run.device)]
+        gen_opt, gen_params, amp = run.gen_opt, run.gen_params, run.amp
+        logged = {
+            **_update(model, model.losses, x, gen_opt, gen_params, cfg, amp, step, "", ctx),
+            **logged,
+        }
+        model.after_generator_step()
+    finally:
+        for p in run.critic_params:
+            p.requires_grad_(True)
+    return logged
+
+
+def _save_samples(run: _Run, step: int, fixed_z: torch.Tensor) -> None:
+    """The fixed-noise sample grid of ``step`` (and its snapshot when one is asked for)."""
+    model, cfg = run.model, run.cfg
+    model.eval()
+    with torch.no_grad(), run.amp():
+        grid = model.decode(fixed_z)
+    model.train()
+    save_grid(
+        grid.float().cpu().numpy(),
+        run.out_dir / "samples" / f"step-{step:06d}.png",
+        cfg.grid,
+        scale=1,
+    )
+    if cfg.snapshot_samples:
+        save_snapshot(model, cfg, run.out_dir / "samples" / f"step-{step:06d}.npz", run.amp)
+
+
+def _products(run: _Run, step: int, rows: list[dict[str, float]], fixed_z: torch.Tensor) -> None:
+    """Rank 0 writes the checkpoint and the sample grid of ``step`` when they are due."""
+    cfg = run.cfg
+    checkpoint = step % cfg.checkpoint_every == 0 or step == cfg.steps
+    if run.main and checkpoint:
+        save_checkpoint(
+            run.out_dir,
+            run.model,
+            cfg,
+            run.fingerprint,
+            step,
+            run.gen_opt,
+            run.critic_opt,
+            rows,
+        )
+    if run.main and (step % cfg.sample_every == 0 or step == cfg.steps):
+        _save_samples(run, step, fixed_z)
+    if run.ctx is not None and checkpoint:
+        run.ctx.barrier()  # the other ranks wait until rank 0's checkpoint and grid are written
+
+
+def _summary(
+    run: _Run, start: int, per_step: int, seconds: float, logged: dict[str, float]
+) -> dict[str, Any]:
+    """``train``'s return value (see there)."""
+    cfg, device = run.cfg, run.device
     steps_run = max(cfg.steps - start, 0)
     return {
-        "model": model.name,
+        "model": run.model.name,
         "device": str(device),
         "steps": max(cfg.steps, start),
         "steps_run": steps_run,
@@ -410,18 +336,60 @@ def train(
         "peak_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20
         if device.type == "cuda"
         else None,
-        "world_size": 1 if ctx is None else ctx.world,
+        "world_size": 1 if run.ctx is None else run.ctx.world,
         "final_losses": logged,
     }
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> GenerativeModel:
-    """Rebuild the exact network stored in a trainer checkpoint; returned in eval mode.
+def train(
+    model: GenerativeModel,
+    data: torch.Tensor,
+    cfg: TrainConfig,
+    out_dir: Path,
+    resume: bool | Literal["if_compatible"] = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train ``model`` on ``data`` (N, C, H, W) in [-1, 1] for ``cfg.steps`` steps.
 
-    The checkpoint's model name, validated config, channels and size go through
-    ``build_model``, so the architecture never depends on the current params file.
+    Writes ``out_dir/checkpoint.pt`` (every ``checkpoint_every`` steps and at the end),
+    ``out_dir/losses.csv`` (step + every loss term, every ``log_every`` steps; critic terms are
+    prefixed ``critic_``) and ``out_dir/samples/step-XXXXXX.png`` (fixed noise). With
+    ``resume=True`` and a checkpoint present, training continues from it (a missing checkpoint
+    starts afresh); a checkpoint that :func:`models.train.checkpoint.resume_problem` refuses
+    raises ``ResumeError``, or with ``resume="if_compatible"`` is removed with the loss log and
+    sample grids, saying why on stderr, and training starts afresh (what ``dvc repro`` uses, so
+    an interrupted long run goes on and a stale one never does). The caller seeds model
+    initialisation; the trainer seeds everything after.
+    Returns {"model", "device", "steps", "steps_run", "seconds", "step_s", "img_per_s"
+    (global), "peak_memory_mb" (None on CPU), "world_size", "final_losses"}. Raises
+    ``FloatingPointError`` on a non-finite loss (module docstring). Under a process group
+    every rank calls this with the same arguments (module docstring).
     """
-    ck = torch.load(Path(path), map_location=map_location, weights_only=True)
-    model = build_model(ck["model_name"], ck["model_config"], ck["channels"], ck["size"])
-    model.load_state_dict(ck["model_state"])
-    return model.to(map_location).eval()
+    run = _setup(model, data, cfg, out_dir)
+    start, rows = _restore(run, resume)
+    per_step = model.n_critic + 1 if model.has_critic else 1
+    sampler = BatchSampler(run.data.shape[0], cfg.batch_size, cfg.seed)
+    noise_gen = torch.Generator().manual_seed(cfg.seed)
+    fixed_z = torch.randn(cfg.grid**2, model.latent_dim, generator=noise_gen).to(run.device)
+
+    if run.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(run.device)
+    t0 = time.perf_counter()
+    logged: dict[str, float] = {}
+    bar = tqdm(
+        range(start, cfg.steps),
+        initial=start,
+        total=cfg.steps,
+        disable=not (progress and run.main),
+        desc=model.name,
+        dynamic_ncols=True,
+    )
+    for s in bar:
+        step = s + 1
+        logged = _step(run, sampler, s, per_step)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            rows.append({"step": step, **logged})
+            bar.set_postfix(total=f"{logged['total']:.4g}", refresh=False)
+        _products(run, step, rows, fixed_z)
+    bar.close()
+    return _summary(run, start, per_step, time.perf_counter() - t0, logged)

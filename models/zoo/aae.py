@@ -16,13 +16,23 @@ is the non-saturating -log D_z(z) (Goodfellow et al. 2014, section 3).
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
 from models.base import reparameterize
-from models.baseline_config import AAEConfig
-from models.registry import register
+from models.config import NetConfig
+from models.zoo import register
 from models.zoo.gan import discriminator_loss, nonsaturating_loss
 from models.zoo.vae import VAE
+
+
+class AAEConfig(NetConfig):
+    """Adversarial autoencoder (Makhzani et al. 2015, section 2) with a code discriminator."""
+
+    n_critic: int = Field(1, ge=1, description="code-discriminator updates per batch")
+    adv_weight: float = Field(1.0, ge=0.0, description="weight of the encoder's adversarial term")
+    code_hidden: int = Field(256, ge=1, description="code discriminator width (paper: 1000)")
+    code_layers: int = Field(2, ge=1, description="hidden layers of the code discriminator")
 
 
 def code_discriminator(latent_dim: int, hidden: int, layers: int) -> nn.Sequential:

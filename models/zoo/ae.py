@@ -19,12 +19,26 @@ import math
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor
 
 from models.base import VAEOutput
-from models.baseline_config import AEConfig
-from models.registry import register
+from models.config import NetConfig
+from models.zoo import register
 from models.zoo.vae import VAE
+
+
+class AEConfig(NetConfig):
+    """Deterministic autoencoder: mean squared reconstruction error only."""
+
+    eval_posterior_std: float = Field(
+        0.1,
+        gt=0.0,
+        description=(
+            "std s of the q(z|x) = N(mu, s^2 I) that encode() reports for likelihood "
+            "evaluation (ELBO, IWAE stay valid lower bounds for any s); training never samples"
+        ),
+    )
 
 
 @register("ae", AEConfig)

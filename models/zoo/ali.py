@@ -22,15 +22,28 @@ the registry's ``encode(x) -> (mu, logvar)`` contract, and in eval mode z = mu, 
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
 from models.base import reparameterize
 from models.blocks import Critic
-from models.config import ALIConfig
-from models.registry import register
+from models.config import NetConfig
+from models.zoo import register
 from models.zoo.aae import code_discriminator
 from models.zoo.gan import discriminator_loss, nonsaturating_loss
 from models.zoo.vae import VAE
+
+
+class ALIConfig(NetConfig):
+    """ALI / BiGAN (Dumoulin et al. 2016; Donahue et al. 2017): one discriminator on (x, z).
+
+    The discriminator joins the image critic's top features with an MLP embedding of z
+    (``code_hidden`` units, ``code_layers`` layers) and scores the pair with one more MLP layer.
+    """
+
+    n_critic: int = Field(1, ge=1, description="ALI, Algorithm 1: one update per batch")
+    code_hidden: int = Field(64, ge=1, description="hidden units of the z and joint paths")
+    code_layers: int = Field(2, ge=1, description="hidden layers of the z path")
 
 
 class JointCritic(nn.Module):

@@ -29,16 +29,35 @@ where A(.) = -log(D / (1 - D)) (``adv_form: ratio``, minus the logit) or the non
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
 from models.base import reparameterize
 from models.blocks import Critic
-from models.config import AlphaGANConfig
-from models.registry import register
+from models.config import NetConfig
+from models.zoo import register
 from models.zoo.aae import code_discriminator
 from models.zoo.gan import discriminator_loss, nonsaturating_loss
 from models.zoo.vae import VAE
+
+
+class AlphaGANConfig(NetConfig):
+    """alpha-GAN (Rosca et al. 2017, Algorithm 1): an image and a code discriminator.
+
+    ``rec_weight`` is lambda of the L1 reconstruction. ``adv_form`` is the encoder/generator side
+    of both adversarial terms: ``ratio`` is Algorithm 1's -log(D / (1 - D)), minus the
+    discriminator's logit (its log density-ratio estimate); ``non_saturating`` is -log D
+    (Goodfellow et al. 2014, section 3).
+    """
+
+    n_critic: int = Field(1, ge=1, description="Algorithm 1: one update per discriminator")
+    rec_weight: float = Field(1.0, ge=0.0, description="lambda of ||x - G(E(x))||_1")
+    adv_form: Literal["ratio", "non_saturating"] = "ratio"
+    code_hidden: int = Field(64, ge=1, description="hidden units of the code discriminator")
+    code_layers: int = Field(2, ge=1, description="hidden layers of the code discriminator")
 
 
 @register("alpha_gan", AlphaGANConfig)

@@ -29,12 +29,30 @@ from __future__ import annotations
 import math
 
 import torch
+from pydantic import Field
 from torch import Tensor
 from torch.distributions import Normal
 
-from models.baseline_config import BetaTCVAEConfig
-from models.registry import register
+from models.config import NetConfig
+from models.zoo import register
 from models.zoo.vae import VAE
+
+
+class BetaTCVAEConfig(NetConfig):
+    """beta-TCVAE (Chen et al. 2018, eq. 4): weights of the three KL terms of eq. 2."""
+
+    alpha: float = Field(1.0, ge=0.0, description="index-code mutual information weight")
+    beta: float = Field(6.0, ge=0.0, description="total correlation weight (paper: beta > 1)")
+    gamma: float = Field(1.0, ge=0.0, description="dimension-wise KL weight")
+    dataset_size: int = Field(
+        60000,
+        ge=1,
+        description=(
+            "N of the minibatch-weighted sampling estimator (section 4.1); default: the MNIST "
+            "training set. It shifts the logged mi/tc/dwkl by constants and leaves the "
+            "gradients unchanged"
+        ),
+    )
 
 
 def mws_decomposition(

@@ -15,12 +15,25 @@ the discriminator's loss) is VAE/GAN's, inherited.
 
 from __future__ import annotations
 
+import math
+
 import torch
+from pydantic import Field
 from torch import Tensor
 
-from models.baseline_config import ConstrainedVAEGANConfig
-from models.registry import register
-from models.zoo.vae_gan import VAEGAN
+from models.zoo import register
+from models.zoo.vae_gan import VAEGAN, VAEGANConfig
+
+
+class ConstrainedVAEGANConfig(VAEGANConfig):
+    """VAE/GAN with the adversarial term as a hinge constraint L_GAN <= d.
+
+    Default d = 2 ln 2: L_GAN = -log D(x~) - log D(x_p) when the discriminator says 1/2 to
+    both kinds of fake, so the hinge acts only while the fakes are told apart.
+    """
+
+    hinge_weight: float = Field(1.0, ge=0.0, description="lambda of lambda * max(L_GAN - d, 0)")
+    gan_bound: float = Field(2.0 * math.log(2.0), ge=0.0, description="d, the bound on L_GAN")
 
 
 def hinge(value: Tensor, bound: float) -> Tensor:

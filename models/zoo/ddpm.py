@@ -19,13 +19,62 @@ costs seconds per process (see :mod:`models.blocks`).
 
 from __future__ import annotations
 
+from typing import ClassVar, Literal
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
 from torch import Tensor
 
+from common.frozen import Frozen
 from models.base import GenerativeModel
-from models.config import DDPMConfig
-from models.registry import register
+from models.zoo import register
+
+
+class DDPMConfig(Frozen):
+    """DDPM (Ho et al. 2020) trained on L_simple, sampled with deterministic DDIM (Song et al.).
+
+    The network is MONAI's ``DiffusionModelUNet``: ``channels`` per level (each level but the
+    last halves the resolution), ``attention_levels`` per level (off: the CPU profile's speed),
+    ``num_res_blocks`` per level. Ho et al.'s CIFAR-10 values (channels 128-256-256-256,
+    attention at 16x16, 2 blocks, T = 1000) belong in params for GPU runs.
+    """
+
+    # The base model reads ``latent_dim`` from its config; a diffusion model's latent is its
+    # initial noise x_T, whose size the image geometry sets, so the model overrides it.
+    latent_dim: ClassVar[int] = 0
+
+    channels: tuple[int, ...] = Field((16, 32, 32), min_length=2)
+    attention_levels: tuple[bool, ...] = (False, False, False)
+    num_res_blocks: int = Field(1, ge=1)
+    norm_num_groups: int = Field(8, ge=1, description="group norm groups; divides every level")
+    num_head_channels: int = Field(8, ge=1, description="channels per attention head")
+    num_train_timesteps: int = Field(1000, ge=2, description="T (Ho et al. 2020: 1000)")
+    schedule: Literal["linear_beta", "scaled_linear_beta"] = "linear_beta"
+    beta_start: float = Field(1e-4, gt=0.0, lt=1.0, description="beta_1 (Ho et al.: 1e-4)")
+    beta_end: float = Field(0.02, gt=0.0, lt=1.0, description="beta_T (Ho et al.: 0.02)")
+    ddim_steps: int = Field(50, ge=1, description="network calls per DDIM sample")
+
+    @model_validator(mode="after")
+    def _levels(self) -> DDPMConfig:
+        if len(self.attention_levels) != len(self.channels):
+            raise ValueError(
+                f"attention_levels ({len(self.attention_levels)}) needs one entry per level "
+                f"of channels ({len(self.channels)})"
+            )
+        bad = [c for c in self.channels if c % self.norm_num_groups]
+        if bad:
+            raise ValueError(
+                f"channels {bad} are not multiples of norm_num_groups ({self.norm_num_groups})"
+            )
+        if self.ddim_steps > self.num_train_timesteps:
+            raise ValueError(
+                f"ddim_steps ({self.ddim_steps}) must be <= num_train_timesteps "
+                f"({self.num_train_timesteps})"
+            )
+        if self.beta_start >= self.beta_end:
+            raise ValueError(f"beta_start ({self.beta_start}) must be < beta_end ({self.beta_end})")
+        return self
 
 
 def noise_prediction_loss(predicted: Tensor, noise: Tensor) -> Tensor:

@@ -11,12 +11,27 @@ from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor
 from torch.nn import Parameter
 
-from models.baseline_config import GANConfig, GANDriftRegConfig
-from models.registry import register
+from models.config import NetConfig
+from models.zoo import register
 from models.zoo.wgan_gp import WGANGP
+
+
+class GANConfig(NetConfig):
+    """Non-saturating GAN (Goodfellow et al. 2014, Algorithm 1 with k = 1)."""
+
+    n_critic: int = Field(1, ge=1, description="discriminator updates per generator update (k)")
+
+
+class GANDriftRegConfig(GANConfig):
+    """GAN with the generator drift regulariser of Su 2018 (``GANDriftReg``)."""
+
+    drift_weight: float = Field(
+        1.0, ge=0.0, description="lambda of lambda * ||G(z) - G_old(z)||^2 (summed over pixels)"
+    )
 
 
 def nonsaturating_loss(logits: Tensor) -> Tensor:

@@ -31,14 +31,25 @@ with z = mu + sigma * eps (Kingma & Welling 2014, eq. 4) for the reconstruction 
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
 from models.base import kl_standard_normal, reparameterize
 from models.blocks import Critic
-from models.config import GVAEConfig
-from models.registry import register
+from models.config import NetConfig
+from models.zoo import register
 from models.zoo.vae import VAE
 from models.zoo.wgan_gp import wasserstein_critic_loss
+
+
+class GVAEConfig(NetConfig):
+    """GVAE (Sagar 2020): VAE encoder + generator trained with a WGAN-GP critic."""
+
+    n_critic: int = Field(5, ge=1)
+    gp_weight: float = Field(10.0, ge=0.0)
+    rec_weight: float = Field(1.0, ge=0.0)
+    kl_weight: float = Field(1.0, ge=0.0)
+    adv_weight: float = Field(1.0, ge=0.0)
 
 
 @register("gvae", GVAEConfig)

@@ -7,12 +7,25 @@ VAE/GAN and GVAE models, which subclass ``VAE``.
 
 from __future__ import annotations
 
+from pydantic import Field
 from torch import Tensor
 
 from models.base import GenerativeModel, VAEOutput, kl_standard_normal, reparameterize
 from models.blocks import Encoder, Generator, stage_widths
-from models.config import BetaVAEConfig, NetConfig, VAEConfig
-from models.registry import register
+from models.config import NetConfig
+from models.zoo import register
+
+
+class VAEConfig(NetConfig):
+    """VAE / beta-VAE: loss = -log p(x|z) + beta * KL (Higgins et al. 2017, eq. 4)."""
+
+    beta: float = Field(1.0, ge=0.0)
+
+
+class BetaVAEConfig(VAEConfig):
+    """beta-VAE defaults: the same model as the VAE with beta = 4 (Higgins et al. 2017)."""
+
+    beta: float = Field(4.0, ge=0.0)
 
 
 @register("vae", VAEConfig)

@@ -26,13 +26,27 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor
 
 from models.base import kl_standard_normal, reparameterize
 from models.blocks import Critic
-from models.config import VAEGANConfig
-from models.registry import register
+from models.config import NetConfig
+from models.zoo import register
 from models.zoo.vae import VAE
+
+
+class VAEGANConfig(NetConfig):
+    """VAE/GAN (Larsen et al. 2016): feature-space reconstruction, eqs. 8-10.
+
+    ``feature_layer`` indexes the discriminator's stage outputs (negative counts from the
+    deepest); ``gamma`` weights the feature reconstruction in the decoder update (Algorithm 1).
+    """
+
+    n_critic: int = Field(1, ge=1, description="Larsen: one discriminator update per batch")
+    gamma: float = Field(1e-2, gt=0.0)
+    kl_weight: float = Field(1.0, ge=0.0)
+    feature_layer: int = -1
 
 
 class _ScaleGrad(torch.autograd.Function):

@@ -10,12 +10,23 @@ WGAN-GP (``models.zoo.wgan_gp``) replaces the clipping by a gradient penalty; th
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
-from models.baseline_config import WGANConfig
-from models.registry import register
+from models.config import NetConfig
+from models.zoo import register
 from models.zoo.gan import real_and_fake_scores
 from models.zoo.wgan_gp import WGANGP
+
+
+class WGANConfig(NetConfig):
+    """WGAN with weight clipping (Arjovsky et al. 2017, Algorithm 1: c = 0.01, n_critic = 5).
+
+    The algorithm's RMSProp with lr 5e-5 is a trainer setting (``optimizer``, ``lr``).
+    """
+
+    n_critic: int = Field(5, ge=1)
+    clip: float = Field(0.01, gt=0.0, description="critic weights are clamped to [-clip, clip]")
 
 
 @register("wgan", WGANConfig)

@@ -8,12 +8,20 @@ live in the trainer's config (``TrainConfig.adam_betas`` / ``critic_betas``).
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
 from models.base import GenerativeModel
 from models.blocks import Critic, Generator, stage_widths
-from models.config import WGANGPConfig
-from models.registry import register
+from models.config import NetConfig
+from models.zoo import register
+
+
+class WGANGPConfig(NetConfig):
+    """WGAN-GP (Gulrajani et al. 2017, Algorithm 1): n_critic = 5, lambda = 10."""
+
+    n_critic: int = Field(5, ge=1)
+    gp_weight: float = Field(10.0, ge=0.0)
 
 
 def gradient_penalty(critic: nn.Module, real: Tensor, fake: Tensor) -> Tensor:

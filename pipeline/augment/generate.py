@@ -1,4 +1,4 @@
-"""Pure cores of ``gvae generate``: a generator's 2-channel output -> labelled synthetic slices.
+"""``gvae generate``: a generator's 2-channel output -> labelled synthetic slices.
 
 A CT generator is trained on (image, mask) pairs in [-1, 1] (``pipeline.sanity.datasets``), so each
 sample G(z) carries its own label in channel 1. Thresholding that channel gives the mask; the
@@ -13,18 +13,36 @@ masks a segmentation network should not learn from are then sorted out by explic
   part on one axial slice, so a few components are anatomy; more are a generator's scatter.
 * ``ok``: everything else, always kept.
 
-Nothing here reads or writes files.
+``generate_pairs`` and the mask rules are pure; ``run`` is the I/O around them: one folder,
+written atomically in the slices shard format (``pipeline.io.shards``) with one split,
+``synthetic``, so every consumer of real slices reads synthetic ones the same way::
+
+    index.json        slices index (size, pixel_mm, window, ...) + "source" (model, run, seed)
+    synthetic/shard-00000.npz ...   case_id "syn-<model>", slice_index = draw number
+    summary.json      drawn / kept / dropped per mask kind
+    grid.png          kept pairs with the mask outlined in red
+
+The geometry (pixel spacing, window) comes from the run's ``data.json``, written when the
+generator was trained, so a synthetic slice is placed in the same physical space as the real
+slices it imitates.
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from scipy import ndimage
 
+from common.atomic import atomic_dir, write_json
+from pipeline.augment.segment.experiment import DATA_JSON
+from pipeline.errors import StageError
+from pipeline.io.contact_sheet import Panel, write_contact_sheet
+from pipeline.io.shards import FORMAT, INDEX_NAME, ShardWriter
 from pipeline.params.ct import GenerateParams
 
 KINDS = ("ok", "empty", "tiny", "fragmented")
@@ -120,3 +138,105 @@ def generate_pairs(
         counts={k: Counter(kinds_all)[k] for k in KINDS},
         kept_counts={k: Counter(kept_kinds)[k] for k in KINDS},
     )
+
+
+SPLIT = "synthetic"
+
+
+GRID_PANELS = 16
+
+
+def load_run(run_dir: Path):
+    """(model in eval mode, data record) of a CT run; ``StageError`` naming the bad file."""
+    from models.train.checkpoint import load_checkpoint
+
+    ckpt = run_dir / "checkpoint.pt"
+    if not ckpt.is_file():
+        raise StageError(f"{ckpt}: no checkpoint; train the run first (`gvae train`)")
+    try:
+        model = load_checkpoint(ckpt)
+    except (OSError, RuntimeError, KeyError, ValueError) as exc:
+        raise StageError(f"{ckpt}: unusable checkpoint ({exc})") from None
+    if model.channels != 2:
+        raise StageError(
+            f"{ckpt}: the model was trained on {model.channels}-channel "
+            f"{model.size}x{model.size} data; generate needs a CT run on 2-channel (image, mask) "
+            "pairs (`gvae train --dataset pancreas`)"
+        )
+    record_path = run_dir / DATA_JSON
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise StageError(
+            f"{record_path}: missing or unreadable training-data record ({exc})"
+        ) from None
+    if record.get("size") != model.size:
+        raise StageError(
+            f"{ckpt}: the network makes {model.size}x{model.size} pairs but {record_path} "
+            f"describes {record.get('size')}x{record.get('size')} slices"
+        )
+    return model, record
+
+
+def run(params: GenerateParams, run_dir: Path, out_dir: Path, n: int, seed: int) -> dict:
+    """Generate ``n`` kept pairs from ``run_dir`` into ``out_dir``; return the summary dict."""
+    from models.train.checkpoint import checkpoint_digest
+
+    model, record = load_run(run_dir)
+    got = generate_pairs(model, n, float(record["pixel_mm"]), params, seed)
+    case_id = f"syn-{model.name}"
+    positive = int(got.mask.reshape(len(got.mask), -1).any(axis=1).sum())
+    summary = {
+        "model": model.name,
+        "run": str(run_dir),
+        "seed": seed,
+        "n_requested": n,
+        "kept": len(got.image),
+        "drawn": got.drawn,
+        "short": len(got.image) < n,
+        "drawn_by_kind": got.counts,
+        "kept_by_kind": got.kept_counts,
+        "dropped_by_kind": {k: got.counts[k] - got.kept_counts[k] for k in got.counts},
+        "policy": params.model_dump(),
+        "positive": positive,
+        "negative": len(got.image) - positive,
+    }
+    with atomic_dir(out_dir) as tmp:
+        writer = ShardWriter(tmp / SPLIT, shard_size=4096, prefix=f"{SPLIT}/")
+        if len(got.image):
+            writer.add(got.image, got.mask, case_id, got.draw_index)
+        shards = writer.close()
+        index = {
+            "format": FORMAT,
+            **{k: record.get(k) for k in ("size", "pixel_mm", "fov_mm", "window", "axes")},
+            "splits": {
+                SPLIT: {
+                    "cases": [case_id],
+                    "shards": shards,
+                    "slices": len(got.image),
+                    "positive": positive,
+                    "negative": len(got.image) - positive,
+                }
+            },
+            "cases": {case_id: {"split": SPLIT, "n_slices": len(got.image)}},
+            "skipped": [],
+            "source": {
+                "model": model.name,
+                "run": str(run_dir),
+                # The weights themselves: a retrained generator invalidates the segmentation
+                # runs that used its pairs (their fingerprint covers this index).
+                "checkpoint_sha256": checkpoint_digest(run_dir / "checkpoint.pt"),
+                "seed": seed,
+                "n_requested": n,
+                "trained_on": record.get("cases"),
+                "fraction": record.get("fraction"),
+            },
+        }
+        write_json(tmp / INDEX_NAME, index)
+        write_json(tmp / "summary.json", summary)
+        panels = [
+            Panel(got.image[i, 0], got.mask[i, 0], f"{model.name} #{int(got.draw_index[i])}")
+            for i in range(min(GRID_PANELS, len(got.image)))
+        ]
+        write_contact_sheet(tmp / "grid.png", panels)
+    return summary

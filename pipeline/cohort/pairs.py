@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.cohort.slicing import CaseSlices, crop_window, mask_offset_mm, shift_mm
-from pipeline.params.loader import PairsParams, SlicesParams
+from pipeline.params.cohort import PairsParams, SlicesParams
 
 IMAGES_DIR = "images"
 MASKS_DIR = "masks"

@@ -30,7 +30,7 @@ from nibabel.affines import voxel_sizes
 from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 from scipy import ndimage
 
-from pipeline.params.loader import SlicesParams
+from pipeline.params.cohort import SlicesParams
 
 # Physical constants, not tuning knobs: air is -1000 HU by definition of the Hounsfield scale,
 # and -500 HU sits halfway between air and water, so it separates body from surrounding air.

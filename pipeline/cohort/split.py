@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from pipeline.params.loader import SplitParams
+from pipeline.params.cohort import SplitError, SplitParams, check_disjoint
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
@@ -43,18 +43,8 @@ def split_counts(n: int, fractions: Mapping[str, float]) -> dict[str, int]:
     return counts
 
 
-class SplitError(ValueError):
-    """The requested split cannot be made from these cases (a settings problem, not data)."""
 
 
-def check_disjoint(splits: Mapping[str, Iterable[str]]) -> None:
-    """Raise ``SplitError`` if any case id appears in two splits (or twice in one)."""
-    seen: dict[str, str] = {}
-    for name, ids in splits.items():
-        for cid in ids:
-            if cid in seen:
-                raise SplitError(f"case {cid} is listed in both {seen[cid]} and {name}")
-            seen[cid] = name
 
 
 def split_cases(

@@ -11,7 +11,6 @@ reads, loops and writes.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -26,13 +25,13 @@ import nibabel as nib
 import numpy as np
 
 from common.atomic import atomic_dir, write_json
-from pipeline.cli import StageError
 from pipeline.cohort import pairs as pairs_core
 from pipeline.cohort.slicing import CaseSlices, case_offset_mm, mean_offset_mm, slice_case
 from pipeline.cohort.split import SPLITS, SplitError, check_disjoint, split_cases
+from pipeline.errors import StageError
 from pipeline.io.contact_sheet import Panel, best_panel, spread, write_contact_sheet
 from pipeline.io.shards import FORMAT, INDEX_NAME, ShardWriter
-from pipeline.params.loader import SlicesParams, load_section
+from pipeline.params.cohort import SlicesParams
 
 MANIFEST_NAME = "manifest.json"
 CONTACT_SHEET_NAME = "contact_sheet.png"
@@ -331,33 +330,3 @@ def _index(params: SlicesParams, entries: dict, cases: dict, skipped: list) -> d
         "cases": dict(sorted(cases.items())),
         "skipped": skipped,
     }
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``gvae slices`` options; ``--volumes`` is the older name of ``--input``."""
-    parser.add_argument(
-        "--input",
-        "--volumes",
-        dest="input",
-        help="input folder (default: slices.input): the ingest output (slices.source: volumes) "
-        "or a folder of images/ + masks/ (slices.source: pairs)",
-    )
-    parser.add_argument("--out", required=True, help="output folder, replaced atomically")
-
-
-def main(args: argparse.Namespace) -> int:
-    """Run the stage from parsed arguments; print a one-line summary; return the exit code."""
-    params = load_section(args.params, "slices")
-    if args.input is not None:
-        params = params.model_copy(update={"input": args.input})
-    try:
-        summary = run(params, params.input, args.out)
-    except SplitError as exc:
-        # Data problems are reported per case inside run(); a split that cannot be made from
-        # the input cases (too few, unlisted or unknown ids, no train) is a settings problem.
-        raise StageError(f"{args.params}: slices.split: {exc}") from None
-    counts = ", ".join(
-        f"{s} {summary['cases'][s]} cases / {summary['slices'][s]} slices" for s in SPLITS
-    )
-    print(f"gvae slices: {counts}; {len(summary['skipped'])} skipped -> {summary['out']}")
-    return 0

@@ -88,9 +88,9 @@ def cohort_cases(params: str, images: str, labels: str, volumes: str, slices: st
     ``ingest.strict`` is set and a case failed (the manifest is written first, as by
     ``gvae ingest --strict``).
     """
-    from pipeline.cli import StageError
     from pipeline.cohort import write_slices as slices_stage
     from pipeline.cohort.ingest import case_jobs, write_manifest
+    from pipeline.errors import StageError
 
     logger = get_run_logger()
     ingest = load_section(params, "ingest")

@@ -6,7 +6,8 @@ ImageOrientationPatient and PixelMeasuresSequence > PixelSpacing, and the Modali
 PixelValueTransformationSequence (C.7.6.16.2.9), each either in the frame's item of
 PerFrameFunctionalGroupsSequence or, shared by all frames, in SharedFunctionalGroupsSequence.
 Frames are ordered by position along the normal exactly like the files of a series
-(``order_slices``), never by frame number.
+(``order_slices``), never by frame number. Reading the functional groups is
+``dicom_geometry.frame_geometry``'s, which the SEG reader (``label_dicom.py``) shares.
 """
 
 from __future__ import annotations
@@ -16,16 +17,16 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset
 
-from pipeline.io.dicom_pixels import to_hu
-from pipeline.io.dicom_read import (
+from pipeline.io.dicom_geometry import (
     SeriesError,
     SeriesMeta,
     affine_ras,
-    decode_file,
+    frame_geometry,
+    frame_item,
     order_slices,
     slice_normal,
-    store_int16,
 )
+from pipeline.io.dicom_pixels import decode_file, store_int16, to_hu
 
 # Top-level attributes a frame's Modality LUT step needs besides the rescale.
 _PADDING = ("PixelPaddingValue", "PixelPaddingRangeLimit", "PixelRepresentation")
@@ -36,48 +37,21 @@ def is_enhanced(ds: Dataset) -> bool:
     return int(ds.get("NumberOfFrames", 1) or 1) > 1 and "PerFrameFunctionalGroupsSequence" in ds
 
 
-def frame_item(ds: Dataset, frame: int, sequence: str) -> Dataset | None:
-    """Return the first item of functional group ``sequence`` for ``frame`` (0-based): the
-    per-frame item wins over the shared one (PS3.3 C.7.6.16); ``None`` if neither has it."""
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
-    if frame < len(per_frame) and sequence in per_frame[frame] and per_frame[frame][sequence]:
-        return per_frame[frame][sequence][0]
-    shared = ds.get("SharedFunctionalGroupsSequence") or []
-    if shared and sequence in shared[0] and shared[0][sequence]:
-        return shared[0][sequence][0]
-    return None
-
-
-def frame_geometry(path: Path, ds: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def enhanced_geometry(path: Path, ds: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Return (orientation (6,), pixel spacing (2,), positions (frames, 3)) of ``ds``.
 
     Raises ``SeriesError`` naming the file and frame when a frame lacks its geometry or the
     frames disagree on orientation or spacing (not one rectilinear grid).
     """
-    frames = int(ds.NumberOfFrames)
-    orientations, spacings, positions = [], [], []
-    for i in range(frames):
-        items = [
-            frame_item(ds, i, s)
-            for s in ("PlaneOrientationSequence", "PixelMeasuresSequence", "PlanePositionSequence")
-        ]
-        keys = ("ImageOrientationPatient", "PixelSpacing", "ImagePositionPatient")
-        for item, key in zip(items, keys, strict=True):
-            if item is None or key not in item:
-                raise SeriesError(f"{path}: frame {i + 1} has no {key} in its functional groups")
-        orientations.append([float(v) for v in items[0].ImageOrientationPatient])
-        spacings.append([float(v) for v in items[1].PixelSpacing])
-        positions.append([float(v) for v in items[2].ImagePositionPatient])
-    orientations, spacings = np.asarray(orientations), np.asarray(spacings)
-    for name, values in (("ImageOrientationPatient", orientations), ("PixelSpacing", spacings)):
-        if not np.allclose(values, values[0], atol=1e-4):
-            raise SeriesError(f"{path}: frames differ in {name}; not one volume")
-    return orientations[0], spacings[0], np.asarray(positions)
+    try:
+        return frame_geometry(ds)
+    except ValueError as exc:
+        raise SeriesError(f"{path}: {exc}") from exc
 
 
 def frame_step(path: Path, ds: Dataset, tolerance: float) -> float:
     """Return the slice step of an enhanced image's frames (validated like a series)."""
-    orientation, _, positions = frame_geometry(path, ds)
+    orientation, _, positions = enhanced_geometry(path, ds)
     names = [f"{path} frame {i + 1}" for i in range(len(positions))]
     _, step = order_slices(positions, slice_normal(orientation), names, tolerance)
     return float(step)
@@ -108,7 +82,7 @@ def read_multiframe(
     ``meta.instance_numbers`` are the frame numbers (1-based) in k order and ``meta.files``
     repeats ``path`` once per frame.
     """
-    orientation, spacing, positions = frame_geometry(path, header)
+    orientation, spacing, positions = enhanced_geometry(path, header)
     names = [f"{path} frame {i + 1}" for i in range(len(positions))]
     order, step = order_slices(positions, slice_normal(orientation), names, slice_spacing_tolerance)
     ds, stored = decode_file(path)

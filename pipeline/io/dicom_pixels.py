@@ -1,4 +1,8 @@
-"""Stored pixel values -> Hounsfield units for one CT frame, padding included.
+"""Pixel data of a DICOM file -> Hounsfield units for one CT frame, padding included.
+
+``decode_file`` reads a file with its pixel data; compressed transfer syntaxes decode through
+pydicom's plugins (pylibjpeg, pyjpegls), and a native (uncompressed) file shorter than its
+matrix says is named as truncated.
 
 The Modality LUT (PS3.3 C.11.1.1.2): RescaleSlope * stored value + RescaleIntercept, read from
 each slice (or frame) separately, since exports may rescale every slice differently; storage
@@ -9,9 +13,41 @@ reconstructed field of view become air, so a window never shows them as tissue.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pydicom
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut
+
+from pipeline.io.dicom_geometry import SeriesError
+
+
+def decode_file(path: Path) -> tuple[Dataset, np.ndarray]:
+    """Read one file with its pixel data; return (dataset, stored values of every frame)."""
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception as exc:
+        raise SeriesError(f"{path}: unreadable DICOM file ({exc})") from exc
+    if "PixelData" not in ds:
+        raise SeriesError(f"{path}: no pixel data")
+    syntax = getattr(ds, "file_meta", Dataset()).get("TransferSyntaxUID")
+    if syntax is not None and not syntax.is_compressed:
+        # Native encoding (PS3.5 8.1.1) has a known size, so a short file is named as such.
+        bits = int(ds.get("BitsAllocated", 16))
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        expected = (
+            int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * bits // 8 * frames
+        )
+        if len(ds.PixelData) < expected:
+            raise SeriesError(
+                f"{path}: truncated pixel data ({len(ds.PixelData)} of {expected} bytes)"
+            )
+    try:
+        stored = ds.pixel_array
+    except Exception as exc:
+        raise SeriesError(f"{path}: pixel data does not decode ({exc})") from exc
+    return ds, stored
 
 
 def padding_mask(stored: np.ndarray, ds: Dataset) -> np.ndarray | None:
@@ -55,3 +91,11 @@ def to_hu(
     if outside_fov_below_hu is not None and hu.min() < outside_fov_below_hu:
         hu[hu < outside_fov_below_hu] = air_hu
     return hu
+
+
+def store_int16(stack: np.ndarray, k: int, hu: np.ndarray, source: str) -> None:
+    """Write ``hu`` into ``stack[k]``; raise ``SeriesError`` naming ``source`` if out of int16."""
+    info = np.iinfo(np.int16)
+    if hu.min() < info.min or hu.max() > info.max:
+        raise SeriesError(f"{source}: HU range {hu.min():g}..{hu.max():g} exceeds int16")
+    stack[k] = hu

@@ -1,26 +1,21 @@
 """Read one CT image series into a Hounsfield-unit volume with a NIfTI (RAS) affine.
 
-Geometry follows DICOM PS3.3 C.7.6.2 (Image Plane Module): ImageOrientationPatient holds the
-row and column direction cosines, ImagePositionPatient the centre of the first transmitted
-pixel, PixelSpacing the (row spacing, column spacing) in mm, all in the patient LPS frame.
-Slices are ordered by their position projected on the slice normal (row x column cosine), never
-by file name or InstanceNumber, because neither is guaranteed to follow anatomy. HU come from
-the Modality LUT (PS3.3 C.11.1): RescaleSlope * stored value + RescaleIntercept, per slice;
-pixel padding (PS3.3 C.7.5.1.1.2) becomes air. Files are recognised by content, so media
-exports (DICOMDIR, IM000001 without extension) read like TCIA folders; compressed transfer
-syntaxes decode through pydicom's plugins (pylibjpeg, pyjpegls). Which series of a folder is
-read is decided in ``dicom_select.py``; Enhanced CT files are read by ``dicom_multiframe.py``.
-
-The volume convention is ``vol[x=column, y=row, k]`` with k ascending along the normal, which is
-what NIfTI (and TCIA's Pancreas-CT labels) use, so the affine columns are the row cosine times
-the column spacing, the column cosine times the row spacing and the normal times the slice step.
+The top of the DICOM readers: it finds the files of a case folder, lets ``dicom_select.py``
+choose the series, and reads it slice by slice here or, for an Enhanced CT file, with
+``dicom_multiframe.py``. The geometry (PS3.3 C.7.6.2 Image Plane Module: slices ordered by
+position along the normal, never by file name or InstanceNumber; the RAS affine of
+``vol[x=column, y=row, k]``) comes from ``dicom_geometry.py``, decoding and HU from
+``dicom_pixels.py``: the Modality LUT (PS3.3 C.11.1), RescaleSlope * stored value +
+RescaleIntercept, per slice; pixel padding (PS3.3 C.7.5.1.1.2) becomes air. Files are
+recognised by content, so media exports (DICOMDIR, IM000001 without extension) read like TCIA
+folders; compressed transfer syntaxes decode through pydicom's plugins (pylibjpeg, pyjpegls).
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,48 +23,21 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from pipeline.io.dicom_pixels import to_hu
-
-# LPS (DICOM patient frame, PS3.3 C.7.6.2.1.1) -> RAS (NIfTI scanner frame): negate x and y.
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-
-# Attributes without which the geometry or the HU values cannot be reconstructed.
-REQUIRED = (
-    "SeriesInstanceUID",
-    "Modality",
-    "ImagePositionPatient",
-    "ImageOrientationPatient",
-    "PixelSpacing",
-    "Rows",
-    "Columns",
-    "InstanceNumber",
+from pipeline.io.dicom_geometry import (
+    SeriesError,
+    SeriesMeta,
+    affine_ras,
+    check_consistent,
+    order_slices,
+    slice_normal,
 )
-_GEOMETRY_ATOL = 1e-4  # mm / cosine units: DS values are decimal strings, rounded on write
-
-
-class SeriesError(ValueError):
-    """A series cannot be read; the message names the offending file or folder."""
+from pipeline.io.dicom_multiframe import is_enhanced, read_multiframe
+from pipeline.io.dicom_pixels import decode_file, store_int16, to_hu
+from pipeline.io.dicom_select import choose_series, summarize
 
 
 class NotImageError(SeriesError):
     """A file that is no DICOM image (a DICOMDIR, a text file, ...): skipped, not an error."""
-
-
-@dataclass(frozen=True)
-class SeriesMeta:
-    """What ``read_series`` learned about a series, in volume (k) order."""
-
-    series_uid: str
-    patient_id: str
-    files: tuple[Path, ...]
-    instance_numbers: tuple[int, ...]
-    shape: tuple[int, int, int]  # (columns, rows, slices)
-    spacing: tuple[float, float, float]  # (column spacing, row spacing, slice step) in mm
-    description: str = ""  # SeriesDescription
-    # Other series of the case folder and files that are no DICOM image: {uid, description,
-    # slices, reason} and {file, reason}, for the manifest.
-    skipped_series: tuple[dict, ...] = ()
-    skipped_files: tuple[dict, ...] = ()
 
 
 def list_files(folder: str | Path) -> list[Path]:
@@ -129,150 +97,12 @@ def scan_headers(files: Sequence[Path]) -> tuple[dict[Path, Dataset], list[dict]
     return headers, skipped
 
 
-def group_by_series(headers: dict[Path, Dataset]) -> dict[str, list[Path]]:
-    """Group file paths by SeriesInstanceUID (PS3.3 C.7.3.1), preserving input order."""
-    groups: dict[str, list[Path]] = {}
-    for path, ds in headers.items():
-        groups.setdefault(str(ds.SeriesInstanceUID), []).append(path)
-    return groups
-
-
-def check_consistent(headers: dict[Path, Dataset]) -> None:
-    """Every slice must be CT with the same matrix, pixel spacing and orientation."""
-    items = list(headers.items())
-    ref_path, ref = items[0]
-    for path, ds in items:
-        if str(ds.Modality).upper() != "CT":
-            raise SeriesError(f"{path}: Modality is {ds.Modality!r}, expected 'CT'")
-        for kw in ("Rows", "Columns"):
-            if int(ds[kw].value) != int(ref[kw].value):
-                raise SeriesError(
-                    f"{path}: {kw} {ds[kw].value} differs from {ref[kw].value} in {ref_path.name}"
-                )
-        for kw in ("PixelSpacing", "ImageOrientationPatient"):
-            a, b = np.asarray(ds[kw].value, float), np.asarray(ref[kw].value, float)
-            if a.shape != b.shape or not np.allclose(a, b, atol=_GEOMETRY_ATOL):
-                raise SeriesError(
-                    f"{path}: {kw} {list(a)} differs from {list(b)} in {ref_path.name}"
-                )
-
-
-def slice_normal(orientation: Sequence[float]) -> np.ndarray:
-    """Return the unit slice normal, row cosine x column cosine (PS3.3 C.7.6.2.1.1)."""
-    iop = np.asarray(orientation, dtype=np.float64)
-    if iop.shape != (6,):
-        raise ValueError(f"ImageOrientationPatient must have 6 values, got {iop.size}")
-    normal = np.cross(iop[:3], iop[3:])
-    norm = np.linalg.norm(normal)
-    if norm < 1e-6:
-        raise ValueError("ImageOrientationPatient row and column cosines are parallel")
-    return normal / norm
-
-
-def order_slices(
-    positions: np.ndarray, normal: np.ndarray, names: Sequence[str], tolerance: float
-) -> tuple[np.ndarray, float]:
-    """Sort slices by position along ``normal``; return (order, slice step in mm).
-
-    Raises ``SeriesError`` for duplicate positions, a gap (a missing slice, naming the files on
-    either side), or spacing that varies by more than ``tolerance`` (relative to the median).
-    """
-    positions = np.asarray(positions, dtype=np.float64)
-    if len(positions) < 2:
-        raise SeriesError(f"{names[0]}: a volume needs at least 2 slices, found {len(positions)}")
-    proj = positions @ normal
-    order = np.argsort(proj, kind="stable")
-    steps = np.diff(proj[order])
-    median = float(np.median(steps))
-    for i, step in enumerate(steps):
-        a, b = names[order[i]], names[order[i + 1]]
-        if step <= _GEOMETRY_ATOL:
-            raise SeriesError(f"{a} and {b}: two slices at the same position {proj[order[i]]:g}")
-        if abs(step - median) > tolerance * median:
-            kind = "missing slice" if step > median else "non-uniform slice spacing"
-            raise SeriesError(
-                f"{kind} between {a} and {b}: step {step:g} mm, expected {median:g} mm "
-                "(irregular stacks are rejected, ingest.irregular: reject)"
-            )
-    # A stack whose positions drift sideways (gantry tilt) is not a rectilinear grid.
-    lateral = (
-        positions[order] - positions[order[0]] - np.outer(proj[order] - proj[order[0]], normal)
-    )
-    worst = int(np.argmax(np.linalg.norm(lateral, axis=1)))
-    drift = float(np.linalg.norm(lateral[worst]))
-    if drift > tolerance * median:
-        along = float(proj[order[worst]] - proj[order[0]])
-        tilt = float(np.degrees(np.arctan2(drift, abs(along))))
-        raise SeriesError(
-            f"{names[order[worst]]}: slice positions drift {drift:.2f} mm off the slice normal "
-            f"over {abs(along):.1f} mm, a gantry tilt of {tilt:.1f} degrees; tilted stacks are "
-            "rejected (ingest.irregular: reject)"
-        )
-    return order, (proj[order[-1]] - proj[order[0]]) / (len(proj) - 1)
-
-
-def affine_ras(
-    orientation: Sequence[float],
-    pixel_spacing: Sequence[float],
-    first_position: Sequence[float],
-    slice_step: float,
-) -> np.ndarray:
-    """Return the 4x4 RAS affine of ``vol[x=column, y=row, k]`` (PS3.3 C.7.6.2.1.1, Eq. C.7.6.2-1).
-
-    Columns: row cosine * column spacing, column cosine * row spacing, normal * slice step;
-    translation: ImagePositionPatient of k = 0; then LPS -> RAS.
-    """
-    iop = np.asarray(orientation, dtype=np.float64)
-    row_spacing, col_spacing = (float(v) for v in pixel_spacing)
-    lps = np.eye(4)
-    lps[:3, 0] = iop[:3] * col_spacing
-    lps[:3, 1] = iop[3:] * row_spacing
-    lps[:3, 2] = slice_normal(iop) * slice_step
-    lps[:3, 3] = np.asarray(first_position, dtype=np.float64)
-    return LPS_TO_RAS @ lps
-
-
-def decode_file(path: Path) -> tuple[Dataset, np.ndarray]:
-    """Read one file with its pixel data; return (dataset, stored values of every frame)."""
-    try:
-        ds = pydicom.dcmread(path)
-    except Exception as exc:
-        raise SeriesError(f"{path}: unreadable DICOM file ({exc})") from exc
-    if "PixelData" not in ds:
-        raise SeriesError(f"{path}: no pixel data")
-    syntax = getattr(ds, "file_meta", Dataset()).get("TransferSyntaxUID")
-    if syntax is not None and not syntax.is_compressed:
-        # Native encoding (PS3.5 8.1.1) has a known size, so a short file is named as such.
-        bits = int(ds.get("BitsAllocated", 16))
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-        expected = (
-            int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * bits // 8 * frames
-        )
-        if len(ds.PixelData) < expected:
-            raise SeriesError(
-                f"{path}: truncated pixel data ({len(ds.PixelData)} of {expected} bytes)"
-            )
-    try:
-        stored = ds.pixel_array
-    except Exception as exc:
-        raise SeriesError(f"{path}: pixel data does not decode ({exc})") from exc
-    return ds, stored
-
-
 def _slice_hu(path: Path, air_hu: int, outside_fov_below_hu: int | None) -> np.ndarray:
     """Decode one single-frame slice; return its HU of shape (rows, cols)."""
     ds, stored = decode_file(path)
     if stored.shape != (int(ds.Rows), int(ds.Columns)):
         raise SeriesError(f"{path}: pixel array shape {stored.shape} is not a single frame")
     return to_hu(stored, ds, air_hu, outside_fov_below_hu)
-
-
-def store_int16(stack: np.ndarray, k: int, hu: np.ndarray, source: str) -> None:
-    """Write ``hu`` into ``stack[k]``; raise ``SeriesError`` naming ``source`` if out of int16."""
-    info = np.iinfo(np.int16)
-    if hu.min() < info.min or hu.max() > info.max:
-        raise SeriesError(f"{source}: HU range {hu.min():g}..{hu.max():g} exceeds int16")
-    stack[k] = hu
 
 
 def read_volume(
@@ -332,10 +162,6 @@ def read_series(
     InstanceNumbers in k order. Raises ``SeriesError`` naming the file or folder for any
     header, geometry or pixel problem, and listing every series when none is usable.
     """
-    # Both build on this module's geometry helpers, hence the late import.
-    from pipeline.io.dicom_multiframe import is_enhanced, read_multiframe
-    from pipeline.io.dicom_select import choose_series, summarize
-
     folder = Path(folder)
     files = list_files(folder)
     if not files:

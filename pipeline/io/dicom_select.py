@@ -32,16 +32,20 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset
 
-from pipeline.io.dicom_multiframe import frame_geometry, frame_step, is_enhanced
-from pipeline.io.dicom_read import (
-    REQUIRED,
-    SeriesError,
-    check_consistent,
-    group_by_series,
-    order_slices,
-    slice_normal,
-)
+from pipeline.io.dicom_geometry import SeriesError, check_consistent, order_slices, slice_normal
+from pipeline.io.dicom_multiframe import enhanced_geometry, frame_step, is_enhanced
 
+# Attributes without which the geometry or the HU values cannot be reconstructed.
+REQUIRED = (
+    "SeriesInstanceUID",
+    "Modality",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "PixelSpacing",
+    "Rows",
+    "Columns",
+    "InstanceNumber",
+)
 _PLANES = ("sagittal", "coronal", "axial")  # dominant component x / y / z of the normal
 _STEP_DECIMALS = 2  # steps equal to 0.01 mm count as equal: DS values are rounded on write
 
@@ -94,7 +98,7 @@ def _enhanced_reason(
         return f"a multi-frame image with {len(items) - 1} other file(s) in one series", None, True
     path, ds = items[0]
     try:
-        orientation, _, _ = frame_geometry(path, ds)
+        orientation, _, _ = enhanced_geometry(path, ds)
         plane = _plane_reason(slice_normal(orientation))
         if plane is not None:
             return plane, None, False
@@ -143,6 +147,14 @@ def skip_reason(
     except SeriesError as exc:
         return str(exc), None, True
     return None, float(step), False
+
+
+def group_by_series(headers: dict[Path, Dataset]) -> dict[str, list[Path]]:
+    """Group file paths by SeriesInstanceUID (PS3.3 C.7.3.1), preserving input order."""
+    groups: dict[str, list[Path]] = {}
+    for path, ds in headers.items():
+        groups.setdefault(str(ds.SeriesInstanceUID), []).append(path)
+    return groups
 
 
 def summarize(headers: dict[Path, Dataset], tolerance: float) -> list[SeriesSummary]:

@@ -39,7 +39,14 @@ import pydicom
 from pydicom.dataset import Dataset
 from skimage.draw import polygon
 
-from pipeline.io.dicom_read import LPS_TO_RAS, SeriesMeta, affine_ras, slice_normal
+from pipeline.io.dicom_geometry import (
+    LPS_TO_RAS,
+    SeriesMeta,
+    affine_ras,
+    frame_geometry,
+    frame_item,
+    slice_normal,
+)
 from pipeline.io.label_geometry import place_label
 
 LABEL_MODALITIES = ("SEG", "RTSTRUCT")
@@ -154,15 +161,21 @@ def matching(names: dict[int, str], pattern: str, what: str) -> list[int]:
 
 
 # ----------------------------------------------------------------------------- SEG
-def _functional(ds: Dataset, frame: int, keyword: str) -> Dataset:
-    """The ``keyword`` functional group item of ``frame``: per-frame first, then shared
-    (PS3.3 C.7.6.16: a group sits in exactly one of the two)."""
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
-    shared = ds.get("SharedFunctionalGroupsSequence")
-    for groups in (per_frame[frame] if per_frame else None, shared[0] if shared else None):
-        if groups is not None and groups.get(keyword):
-            return groups.get(keyword)[0]
-    raise ValueError(f"frame {frame + 1} has no {keyword}")
+# Why not highdicom's reader (checked with highdicom 0.28.2): ``highdicom.seg.segread`` rejects
+# a SEG whose Pixel Measures item has no SliceThickness (Type 1C only since CP 1426), and
+# highdicom's own writer omits it when the source CT has none, as TCIA's Pancreas-CT slices do:
+# it cannot read the SEG it writes from them. And ``Segmentation.get_volume`` stacks frames at
+# the SEG's SpacingBetweenSlices or smallest frame gap, not the CT's step: frames on CT slices k
+# and k + 3 only (which highdicom writes with SpacingBetweenSlices 3.0) become a two-slice 3 mm
+# volume that ``place_label`` then resamples onto slices k..k + 4, tripling the label; the CT
+# lattice is only known here (``_stack_step``). Decoding is pydicom's ``pixel_array`` either
+# way (bit-packed BINARY and FRACTIONAL frames alike).
+def _segment_number(ds: Dataset, frame: int) -> int:
+    """The segment ``frame`` (0-based) belongs to, from its Segment Identification group."""
+    item = frame_item(ds, frame, "SegmentIdentificationSequence")
+    if item is None:
+        raise ValueError(f"frame {frame + 1} has no SegmentIdentificationSequence")
+    return int(item.ReferencedSegmentNumber)
 
 
 def seg_masks(ds: Dataset) -> np.ndarray:
@@ -237,31 +250,10 @@ def seg_on_grid(
     }
     wanted = set(matching(names, pattern, "segment"))
     masks = seg_masks(ds)
-    frames = [
-        f
-        for f in range(len(masks))
-        if int(_functional(ds, f, "SegmentIdentificationSequence").ReferencedSegmentNumber)
-        in wanted
-    ]
+    frames = [f for f in range(len(masks)) if _segment_number(ds, f) in wanted]
     if not frames:
         raise ValueError(f"segment(s) {sorted(wanted)} have no frames (an empty segmentation)")
-    geometry = [
-        (
-            np.asarray(
-                _functional(ds, f, "PlaneOrientationSequence").ImageOrientationPatient, float
-            ),
-            np.asarray(_functional(ds, f, "PixelMeasuresSequence").PixelSpacing, float),
-            np.asarray(_functional(ds, f, "PlanePositionSequence").ImagePositionPatient, float),
-        )
-        for f in frames
-    ]
-    orientation, spacing, _ = geometry[0]
-    for f, (iop, ps, _) in zip(frames, geometry, strict=True):
-        if not (np.allclose(iop, orientation, atol=1e-4) and np.allclose(ps, spacing, atol=1e-4)):
-            raise ValueError(
-                f"frame {f + 1}: orientation or pixel spacing differs from frame {frames[0] + 1}"
-            )
-    positions = np.array([g[2] for g in geometry])
+    orientation, spacing, positions = frame_geometry(ds, frames)
     vol, affine = stack_frames(masks[frames], positions, orientation, spacing, grid, grid_tol)
     label, method = place_label(vol, affine, grid.shape, grid.affine, grid_tol, outside_tol)
     return label, f"seg-{method}"

@@ -52,9 +52,11 @@ class DecathlonParams(Frozen):
 class IngestParams(Frozen):
     """CT series (DICOM, or NIfTI for "decathlon") + labels -> HU volumes."""
 
-    # "tcia": DICOM series per case folder + labels (NIfTI, DICOM SEG or RTSTRUCT); "decathlon":
-    # images = imagesTr/, labels = labelsTr/ of a Medical Segmentation Decathlon task (NIfTI).
-    source: Literal["tcia", "decathlon"] = "tcia"
+    # A cohort source: a module of pipeline/cohort/sources that sets SOURCE (registry.py lists
+    # them; the ingest core refuses an unknown name, listing the valid ones, before it reads a
+    # file). "tcia": DICOM series per case folder + labels (NIfTI, DICOM SEG or RTSTRUCT);
+    # "decathlon": images = imagesTr/, labels = labelsTr/ of a Decathlon task (NIfTI).
+    source: str = Field("tcia", min_length=1)
     images: str = "data/raw/phantom/Pancreas-CT"
     labels: str = "data/raw/phantom/TCIA_pancreas_labels-02-05-2017"
     workers: int = Field(2, ge=1)

@@ -25,7 +25,7 @@ class MnistParams(Frozen):
     mirror: str | None = None
     datasets: list[Literal["mnist", "fashion_mnist"]] = Field(["mnist"], min_length=1)
     # The models the sanity stages train and compare (rows of the tables, in this order); each
-    # needs a ``models.<name>`` block (checked by ``pipeline.params.loader.load_params_models``).
+    # needs a ``models.<name>`` block (checked by ``pipeline.params.models.load_params_models``).
     models: list[str] = Field(["vae", "beta_vae", "wgan_gp", "vae_gan", "gvae"], min_length=1)
     # Training seeds per (dataset, model): one train/sample/evaluate stage each, so the tables
     # give mean and sd over seeds (one run cannot rank close models). The `full` profile

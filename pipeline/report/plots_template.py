@@ -17,13 +17,11 @@ pipeline.report.plots_template``.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import json
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -196,43 +194,3 @@ def build(npm_dir: Path = NPM_DIR, out: Path = DEFAULT_OUT) -> Path:
     with atomic_path(out) as tmp:
         tmp.write_text(render_page(libraries), encoding="utf-8")
     return out
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Register the command's options."""
-    parser.add_argument(
-        "--npm-dir",
-        type=Path,
-        default=NPM_DIR,
-        metavar="DIR",
-        help="folder of package.json + package-lock.json (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=DEFAULT_OUT,
-        metavar="FILE",
-        help="template to write; .dvc/config's plots.html_template (default: %(default)s)",
-    )
-
-
-def main(args: argparse.Namespace) -> int:
-    """Build the template; print its path. Errors become the CLI's ``StageError``."""
-    from pipeline.cli import StageError
-
-    try:
-        out = build(args.npm_dir, args.out)
-    except PlotsTemplateError as exc:
-        raise StageError(str(exc)) from None
-    print(out)
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover - `python -m pipeline.report.plots_template`
-    _parser = argparse.ArgumentParser(prog="python -m pipeline.report.plots_template")
-    add_arguments(_parser)
-    _args = _parser.parse_args()
-    try:
-        print(build(_args.npm_dir, _args.out))
-    except PlotsTemplateError as exc:
-        sys.exit(f"plots-template: error: {exc}")

@@ -10,7 +10,6 @@ re-compressed copies (mirrors, caches) are byte-identical inside but differ outs
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import hashlib
 import os
@@ -24,7 +23,6 @@ import numpy as np
 
 from common.atomic import write_json, write_npz
 from pipeline.io.idx import parse_idx
-from pipeline.params.loader import load_section
 
 MIRROR_ENV = "GVAE_DATA_MIRROR"
 FILES = {
@@ -204,27 +202,3 @@ def run(params, dataset: str, out_dir: str | os.PathLike, mirror: str | None = N
     write_npz(out_dir / "data.npz", **arrays)
     write_json(out_dir / "info.json", info)
     return info
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``gvae mnist``."""
-    parser.add_argument("--dataset", choices=sorted(MD5), required=True)
-    parser.add_argument("--out", required=True, help="output folder for data.npz + info.json")
-    parser.add_argument(
-        "--mirror", default=None, help=f"local mirror root (DIR/<dataset>/*.gz); else ${MIRROR_ENV}"
-    )
-
-
-def main(args: argparse.Namespace) -> int:
-    """Entry point of ``gvae mnist``."""
-    from pipeline.cli import StageError
-
-    params = load_section(args.params, "mnist")
-    try:
-        info = run(params, args.dataset, args.out, args.mirror)
-    except (OSError, ValueError) as exc:
-        if isinstance(exc, PermissionError):
-            raise
-        raise StageError(str(exc)) from exc
-    print(f"{args.dataset}: {info['shapes']} from {info['mirror'] or 'the network'} -> {args.out}")
-    return 0

@@ -13,7 +13,6 @@ table has the real-vs-real floor beside the models.
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
@@ -22,18 +21,7 @@ import torch
 
 from common.atomic import write_json
 from pipeline.params.loader import load_section
-from pipeline.sanity.datasets import DATASETS, load_images
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Register the stage's options."""
-    parser.add_argument("--dataset", required=True, choices=DATASETS)
-    parser.add_argument("--data", required=True, type=Path, help="output of the data stage")
-    parser.add_argument("--classifier", required=True, type=Path, help="classifier run folder")
-    parser.add_argument("--samples", type=Path, help="sample stage folder (samples.npz)")
-    parser.add_argument("--run", type=Path, help="training run folder (for encoder metrics)")
-    parser.add_argument("--reference", action="store_true", help="evaluate real train images")
-    parser.add_argument("--out", required=True, type=Path, help="metrics.json path")
+from pipeline.sanity.datasets import load_images
 
 
 def _generated_metrics(gen: torch.Tensor, real: torch.Tensor, params, clf) -> dict:
@@ -112,7 +100,7 @@ def run(
     result.update({"dataset": dataset, "n_samples": int(len(gen))})
     result.update(_generated_metrics(gen, real, params, clf))
     if run_dir is not None and not reference:
-        from models.train.trainer import load_checkpoint
+        from models.train.checkpoint import load_checkpoint
 
         model = load_checkpoint(run_dir / "checkpoint.pt")
         result["model"] = model.name
@@ -171,24 +159,3 @@ def _classifier_accuracy(clf_dir: Path) -> float | None:
 
     path = clf_dir / "metrics.json"
     return json.loads(path.read_text()).get("test_accuracy") if path.is_file() else None
-
-
-def main(args: argparse.Namespace) -> int:
-    """CLI entry."""
-    result = run(
-        Path(args.params),
-        args.dataset,
-        args.data,
-        args.classifier,
-        args.out,
-        samples_dir=args.samples,
-        run_dir=args.run,
-        reference=args.reference,
-    )
-    print(
-        f"{result['model']} on {result['dataset']}: MMD {result['mmd']:.4g}, "
-        f"FID {result['fid']:.3g}, class entropy {result['class_entropy']:.3f}"
-    )
-    if (result.get("stability") or {}).get("collapsed"):
-        print(f"mode collapse: {result['stability']['reason']}")
-    return 0

@@ -13,7 +13,6 @@ without an encoder, or a call without ``--dataset``/``--data`` to rank dimension
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -22,7 +21,6 @@ import torch
 
 from common.atomic import atomic_dir
 from pipeline.params.loader import load_section
-from pipeline.sanity.datasets import DATASETS
 
 
 def draw(model, n: int, seed: int, batch_size: int = 256) -> np.ndarray:
@@ -73,12 +71,6 @@ def traversal_grid(model, test: torch.Tensor, cfg, seed: int, batch_size: int = 
     return images, info
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Register the stage's options."""
-    parser.add_argument("--run", required=True, type=Path, help="training run folder")
-    parser.add_argument("--out", required=True, type=Path, help="output folder")
-    parser.add_argument("--dataset", choices=DATASETS, help="dataset of --data (traversals)")
-    parser.add_argument("--data", type=Path, help="data stage folder: test images (traversals)")
 
 
 def run(
@@ -93,7 +85,7 @@ def run(
     Also the traversal grid when ``evaluate.traversal.enabled`` (module docstring).
     """
     from models.eval.grid import save_grid
-    from models.train.trainer import load_checkpoint
+    from models.train.checkpoint import load_checkpoint
 
     params = load_section(params_path, "evaluate")
     ckpt = run_dir / "checkpoint.pt"
@@ -124,10 +116,3 @@ def run(
     if info is not None and "skipped" in info:
         print(f"traversal skipped: {info['skipped']}")
     return out_dir
-
-
-def main(args: argparse.Namespace) -> int:
-    """CLI entry."""
-    out = run(Path(args.params), args.run, args.out, args.dataset, args.data)
-    print(f"samples written to {out}")
-    return 0

@@ -12,7 +12,7 @@ import csv
 import math
 from pathlib import Path
 
-from models.train.trainer import CRITIC_PREFIX, LOSSES
+from models.train.checkpoint import CRITIC_PREFIX, LOSSES
 
 
 def stability_summary(per_model: dict[str, list[tuple[int, dict]]]) -> dict:

@@ -15,9 +15,6 @@ and ours on MMD and on MS-SSIM (``pipeline/sanity/ranking.py``).
 
 from __future__ import annotations
 
-import argparse
-import csv
-import io
 import json
 import math
 from pathlib import Path
@@ -25,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from common.atomic import atomic_dir
+from pipeline.io.tables import cell, csv_text, is_missing, markdown
 
 # (key in metrics.json, column header, format)
 COLUMNS = [
@@ -53,14 +51,9 @@ PAPER_COLUMNS = [
 RANKED = [("mmd_x1e4", "mmd_x1e4", "MMD"), ("ms_ssim", "ms_ssim", "MS-SSIM")]
 
 
-def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def _fmt(value, fmt: str, sd=None) -> str:
-    if _missing(value):
-        return ""
-    return fmt.format(value) + ("" if _missing(sd) else " ± " + fmt.format(sd))
+def _mean_sd(value, fmt: str, sd=None) -> str:
+    """``value`` in ``fmt``, then `` ± sd`` when ``sd`` is known; empty without a value."""
+    return "" if is_missing(value) else cell(value, fmt) + cell(sd, " ± " + fmt)
 
 
 def aggregate_seeds(model: str, per_seed: list[dict]) -> dict:
@@ -73,7 +66,7 @@ def aggregate_seeds(model: str, per_seed: list[dict]) -> dict:
     """
     row: dict = {"model": model, "seeds": len(per_seed)}
     for key, _, _ in COLUMNS:
-        values = [m[key] for m in per_seed if not _missing(m.get(key))]
+        values = [m[key] for m in per_seed if not is_missing(m.get(key))]
         row[key] = float(np.mean(values)) if values else None
         row[f"{key}_sd"] = float(np.std(values, ddof=1)) if len(values) > 1 else None
     verdicts = [m["stability"]["collapsed"] for m in per_seed if m.get("stability")]
@@ -95,16 +88,11 @@ def build_table(rows: list[dict], paper: dict[str, dict]) -> tuple[str, str]:
         body.append(
             [row["model"], "" if seeds is None else str(seeds)]
             + ["" if collapsed is None else f"{collapsed}/{seeds}"]
-            + [_fmt(row.get(k), f, row.get(f"{k}_sd")) for k, _, f in COLUMNS]
-            + [_fmt(ref.get(k[len("paper_") :]), "{}") for k in PAPER_COLUMNS]
+            + [_mean_sd(row.get(k), f, row.get(f"{k}_sd")) for k, _, f in COLUMNS]
+            + [cell(ref.get(k[len("paper_") :])) for k in PAPER_COLUMNS]
         )
-    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    md += ["| " + " | ".join(cells) + " |" for cells in body]
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(header)
-    writer.writerows(body)
-    return "\n".join(md) + "\n", buf.getvalue()
+    # table.csv has always ended its lines with "\r\n", the csv module's default.
+    return markdown(header, body), csv_text(header, body, lineterminator="\r\n")
 
 
 def paper_legend(units: dict[str, str]) -> str:
@@ -157,22 +145,6 @@ def sample_figure(panels: list[tuple[str, np.ndarray]], path: Path, per_model: i
     plt.close(fig)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Register the stage's options."""
-    parser.add_argument("--dataset", required=True)
-    parser.add_argument(
-        "--evals", required=True, type=Path, help="folder of <model>/s<seed>/metrics.json"
-    )
-    parser.add_argument(
-        "--samples", required=True, type=Path, help="folder of <model>/s<seed>/samples.npz"
-    )
-    parser.add_argument(
-        "--runs", type=Path, help="folder of <model>/s<seed>/losses.csv (stability.png)"
-    )
-    parser.add_argument("--models", nargs="+", help="row order (default: params `mnist.models`)")
-    parser.add_argument("--out", required=True, type=Path)
-
-
 def _seed_metrics(evals: Path, name: str) -> list[tuple[int, dict]]:
     from pipeline.sanity.seeds import seed_dirs
 
@@ -214,7 +186,7 @@ def run(
         first = samples / name / seed_dirname(seeds[0][0]) / "samples.npz"
         panels.append((name, np.load(first)["images"]))
     paper = PAPER_TABLES.get(dataset, {})
-    md, csv_text = build_table(rows, paper)
+    md, table_csv = build_table(rows, paper)
     source = PAPER_SOURCE.get(dataset, f"the paper reports no {dataset} table")
     ranks = ranking([r for r in rows if r["model"] in models], paper)
     labelled = {r["label"]: r for r in ranks.values()}
@@ -228,7 +200,7 @@ def run(
         md += "\nMode collapse (evaluate.collapse): " + "; ".join(stab["flagged"]) + "\n"
     with atomic_dir(out_dir) as tmp:
         (tmp / "table.md").write_text(title + md)
-        (tmp / "table.csv").write_text(csv_text)
+        (tmp / "table.csv").write_text(table_csv)
         ranking_json = json.dumps({**summary, "metrics": ranks}, indent=2) + "\n"
         (tmp / "ranking.json").write_text(ranking_json)
         sample_figure(panels, tmp / "samples.png")
@@ -236,12 +208,3 @@ def run(
         if runs is not None:
             stability_figure(dataset, runs, per_model, tmp / "stability.png")
     return md
-
-
-def main(args: argparse.Namespace) -> int:
-    """CLI entry: write the table and figures, print the table."""
-    from pipeline.params.loader import load_params_models
-
-    models = args.models or load_params_models(Path(args.params))
-    print(run(args.dataset, args.evals, args.samples, models, args.out, runs=args.runs))
-    return 0

@@ -61,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Entry point of ``gvae classifier``."""
-    from pipeline.cli import StageError
+    from pipeline.errors import StageError
 
     params = load_section(args.params, "classifier")
     try:

@@ -54,7 +54,8 @@ def run(params: Path, inputs: Inputs, lock: Path, repo: Path, out: Path, shape: 
 
 def run_shape(params: Path) -> dict:
     """Return what ``params`` says the run covers: profile, sanity datasets, models, CT models."""
-    from pipeline.params.loader import load_params_models, load_section, read_yaml
+    from pipeline.params.loader import load_section, read_yaml
+    from pipeline.params.models import load_params_models
 
     return {
         "profile": read_yaml(params).get("profile", "cpu"),
@@ -66,7 +67,7 @@ def run_shape(params: Path) -> dict:
 
 def main(args: argparse.Namespace) -> int:
     """CLI entry: write the report and print its path and size."""
-    from pipeline.cli import StageError
+    from pipeline.errors import StageError
 
     params = Path(args.params)
     inputs = Inputs(

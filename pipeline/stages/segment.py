@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.cli import StageError
+from pipeline.errors import StageError
 from pipeline.io.shards import INDEX_NAME
 from pipeline.params.loader import load_section
 
@@ -64,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def root_folders(root: Path, models: list[str], fractions: tuple[float, ...]) -> dict:
     """``{(model, fraction or None): folder}`` found under ``root`` (see the module doc)."""
-    from pipeline.stages.train import fraction_dirname  # the name train/generate write
+    from pipeline.augment.segment.experiment import fraction_dirname  # train/generate write it
 
     if not root.is_dir():
         raise StageError(f"{root}: --synthetic-root is not a folder")
@@ -81,8 +81,9 @@ def root_folders(root: Path, models: list[str], fractions: tuple[float, ...]) ->
 
 def main(args: argparse.Namespace) -> int:
     """Run the grid, print the per-condition means as they come, then the results table."""
-    from pipeline.augment.segment.experiment import parse_synthetic_args, synthetic_models
+    from pipeline.augment.segment.experiment import parse_synthetic_args
     from pipeline.augment.segment.grid import run_experiment
+    from pipeline.params.segment import synthetic_models
 
     params = load_section(args.params, "segment")
     try:

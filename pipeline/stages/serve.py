@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.cli import StageError
+from pipeline.errors import StageError
 from pipeline.params.loader import load_section
 
 

@@ -27,16 +27,11 @@ from pathlib import Path
 from typing import Literal
 
 from common.atomic import write_json
-from pipeline.cli import StageError
-from pipeline.params.loader import load_model_config, load_section
+from pipeline.augment.segment.experiment import DATA_JSON, fraction_dirname
+from pipeline.errors import StageError
+from pipeline.params.loader import load_section
+from pipeline.params.models import load_model_config
 from pipeline.sanity.datasets import CT, DATASETS, load_images
-
-DATA_JSON = "data.json"
-
-
-def fraction_dirname(fraction: float) -> str:
-    """Sub-folder of one training-patient fraction in a per-model CT folder: ``f1.0``, ``f0.25``."""
-    return f"f{float(fraction)}"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -128,7 +123,8 @@ def run(
 
     from models.registry import build_model
     from models.train import distributed
-    from models.train.trainer import ResumeError, train
+    from models.train.checkpoint import ResumeError
+    from models.train.trainer import train
 
     is_ct = dataset in CT
     if fraction is not None and not is_ct:

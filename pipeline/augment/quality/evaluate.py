@@ -24,7 +24,6 @@ pancreas masks as red contours).
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import time
@@ -37,7 +36,6 @@ from common.atomic import atomic_dir, write_json
 from pipeline.augment.quality.train_features import NET_NAME
 from pipeline.io.contact_sheet import Panel, spread, write_contact_sheet
 from pipeline.io.shards import INDEX_NAME, load_slices, read_index, same_grid
-from pipeline.params.loader import load_section
 from pipeline.params.quality import QualityParams
 
 METRICS_NAME = "metrics.json"
@@ -189,36 +187,13 @@ def _json_safe(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
 
 
-def run(
-    params: QualityParams,
-    slices_dir: str | os.PathLike,
-    features_dir: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    synthetic_dir: str | os.PathLike | None = None,
-    fractions_dir: str | os.PathLike | None = None,
-) -> dict:
-    """Compute every metric of one set (``synthetic_dir``, or real train if ``None``); write.
+def _load_sets(params: QualityParams, slices_dir: Path, features_dir: Path, synthetic_dir):
+    """(test, train, scored-set name, scored set, feature net), every size and geometry checked."""
+    from pipeline.augment.quality.features import load_feature_net
 
-    ``fractions_dir``: also check every fraction set under it for near-copies (module doc).
-    """
-    from pipeline.augment.quality.features import features, load_feature_net
-    from pipeline.augment.quality.metrics import (
-        FRACTION_PREFIX,
-        anatomy_metrics,
-        area_distance_mm2,
-        sample_metrics,
-    )
-    from pipeline.augment.quality.metrics import memorization as mem_
-
-    t0 = time.perf_counter()
-    slices_dir, features_dir, out_dir = Path(slices_dir), Path(features_dir), Path(out_dir)
     test = load_slices(slices_dir, "test")
     train = load_slices(slices_dir, "train")
-    reference = synthetic_dir is None
-    if reference and fractions_dir is not None:
-        raise ValueError("--fractions scores synthetic sets; the --reference floor has none")
-    sets = fraction_sets(fractions_dir) if fractions_dir is not None else {}
-    if reference:
+    if synthetic_dir is None:
         name, other = "real train", train
     else:
         name, other = "synthetic", load_slices(synthetic_dir, "synthetic")
@@ -232,23 +207,17 @@ def run(
             f"{features_dir / NET_NAME}: trained on {net.trained_size}-px slices, "
             f"{slices_dir} holds {test[2]['size']}-px slices; rerun `gvae ct-features`"
         )
+    return test, train, name, other, net
 
-    m = params.memorization
-    threshold = mem_.near_copy_threshold(
-        test[0], train[0], m.quantile, params.batch_size, m.downsample
-    )
-    scored = test if reference else other  # the reference scores the real test slices (chance)
-    mem = mem_.find_near_copies(
-        scored[0], train[0], threshold, params.batch_size, m.downsample, m.ratio, m.neighbours
-    )
 
-    ti = _subset(len(test[0]), params.n_samples, params.seed)
-    oi = _subset(len(other[0]), params.n_samples, params.seed + 1)
-    r_img, r_msk = test[0][ti], test[1][ti]
-    o_img, o_msk = other[0][oi], other[1][oi]
-    level, width = (float(test[2]["window"][k]) for k in ("level", "width"))
-    pixel_mm = float(test[2]["pixel_mm"])
+def _set_metrics(params: QualityParams, net, real: tuple, other: tuple, reference: bool) -> dict:
+    """Distribution (MMD, MS-SSIM, FID, P/R) and anatomy metrics of ``other`` vs ``real``."""
+    from pipeline.augment.quality.features import features
+    from pipeline.augment.quality.metrics import anatomy_metrics, area_distance_mm2, sample_metrics
 
+    (r_img, r_msk, meta), (o_img, o_msk) = real, other
+    level, width = (float(meta["window"][k]) for k in ("level", "width"))
+    pixel_mm = float(meta["pixel_mm"])
     s = sample_metrics(
         r_img,
         o_img,
@@ -262,8 +231,8 @@ def run(
     )
     metrics: dict[str, Any] = {
         "reference": float(reference),
-        "n_real": float(len(ti)),
-        "n_samples": float(len(oi)),
+        "n_real": float(len(r_img)),
+        "n_samples": float(len(o_img)),
         "mmd": s["mmd"],
         "mmd_x1e4": s["mmd"] * 1e4,
         "mmd_bandwidth": s["mmd_bandwidth"],
@@ -277,6 +246,45 @@ def run(
     real_anat = anatomy_metrics(r_img, r_msk, level, width, pixel_mm)
     metrics.update({f"real_{k}": v for k, v in real_anat.items()})
     metrics["area_w1_mm2"] = area_distance_mm2(o_msk, r_msk, pixel_mm)
+    return metrics
+
+
+def run(
+    params: QualityParams,
+    slices_dir: str | os.PathLike,
+    features_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    synthetic_dir: str | os.PathLike | None = None,
+    fractions_dir: str | os.PathLike | None = None,
+) -> dict:
+    """Compute every metric of one set (``synthetic_dir``, or real train if ``None``); write.
+
+    ``fractions_dir``: also check every fraction set under it for near-copies (module doc).
+    """
+    from pipeline.augment.quality import memorization as mem_
+    from pipeline.augment.quality.metrics import FRACTION_PREFIX
+
+    t0 = time.perf_counter()
+    slices_dir, features_dir, out_dir = Path(slices_dir), Path(features_dir), Path(out_dir)
+    reference = synthetic_dir is None
+    if reference and fractions_dir is not None:
+        raise ValueError("--fractions scores synthetic sets; the --reference floor has none")
+    sets = fraction_sets(fractions_dir) if fractions_dir is not None else {}
+    test, train, name, other, net = _load_sets(params, slices_dir, features_dir, synthetic_dir)
+
+    m = params.memorization
+    threshold = mem_.near_copy_threshold(
+        test[0], train[0], m.quantile, params.batch_size, m.downsample
+    )
+    scored = test if reference else other  # the reference scores the real test slices (chance)
+    mem = mem_.find_near_copies(
+        scored[0], train[0], threshold, params.batch_size, m.downsample, m.ratio, m.neighbours
+    )
+
+    ti = _subset(len(test[0]), params.n_samples, params.seed)
+    oi = _subset(len(other[0]), params.n_samples, params.seed + 1)
+    real = (test[0][ti], test[1][ti], test[2])
+    metrics = _set_metrics(params, net, real, (other[0][oi], other[1][oi]), reference)
     metrics.update(
         near_copy_threshold=threshold, near_copy_quantile=m.quantile, near_copy_share=mem["share"]
     )
@@ -287,8 +295,8 @@ def run(
 
     flags = mem["flags"][oi] if not reference else np.zeros(len(oi), bool)
     panels = _grid_panels(
-        (r_img, r_msk, {k: test[2][k][ti] for k in ("case_id", "slice_index")}),
-        (o_img, o_msk, {k: other[2][k][oi] for k in ("case_id", "slice_index")}),
+        (test[0][ti], test[1][ti], {k: test[2][k][ti] for k in ("case_id", "slice_index")}),
+        (other[0][oi], other[1][oi], {k: other[2][k][oi] for k in ("case_id", "slice_index")}),
         flags,
         params.grid,
         name,
@@ -303,41 +311,3 @@ def run(
         write_json(tmp / MEMORIZATION_NAME, record)
         write_json(tmp / METRICS_NAME, _json_safe(metrics))
     return metrics
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``gvae ct-quality``."""
-    parser.add_argument("--slices", required=True, help="real slices folder (train + test)")
-    parser.add_argument("--features", required=True, help="folder written by `gvae ct-features`")
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--synthetic", help="folder written by `gvae generate` (split synthetic)")
-    which.add_argument(
-        "--reference", action="store_true", help="score real train slices instead (the floor)"
-    )
-    parser.add_argument(
-        "--fractions",
-        help="also check the f<fraction>/ sets of `gvae generate --each-fraction` in this folder",
-    )
-    parser.add_argument("--out", required=True, help="output folder, replaced atomically")
-
-
-def main(args: argparse.Namespace) -> int:
-    """Entry point of ``gvae ct-quality``."""
-    from pipeline.cli import StageError
-
-    params = load_section(args.params, "ct_quality")
-    try:
-        fractions = getattr(args, "fractions", None)
-        m = run(params, args.slices, args.features, args.out, args.synthetic, fractions)
-    except ValueError as exc:
-        raise StageError(str(exc)) from None
-    print(
-        f"ct-quality: MMD x1e4 {m['mmd_x1e4']:.2f}, FID {m['fid']:.2f}, "
-        f"P/R {m['precision']:.2f}/{m['recall']:.2f}, near-copies {m['near_copy_share']:.3f} "
-        f"(threshold {m['near_copy_threshold']:.3f}) -> {args.out}"
-    )
-    from pipeline.augment.quality.metrics import FRACTION_PREFIX
-
-    for key in (k for k in m if k.startswith(FRACTION_PREFIX)):
-        print(f"  near-copies {key.removeprefix(FRACTION_PREFIX)}: {m[key]:.3f}")
-    return 0

@@ -20,7 +20,6 @@ FC, so this one ends in global average pooling and works at any size from 32 to 
 
 from __future__ import annotations
 
-import math
 import os
 import pickle
 from collections.abc import Mapping, Sequence
@@ -31,8 +30,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.base import eval_mode
-from models.eval.classifier import num_threads
+from models.base import batched
+from models.eval.classifier import fit_adam_cosine, num_threads
 
 N_TRANSFORMS = 8  # the dihedral group D4: rotation k % 4 (x 90 degrees), mirror when k >= 4
 
@@ -134,8 +133,9 @@ def train_feature_net(
 
     Each step draws ``batch_size`` slices and one uniformly random transform per slice
     (cross-entropy over the 8 classes; chance accuracy 1/8). Adam with a cosine decay to zero,
-    as ``models.eval.classifier.train_classifier``; a seeded generator draws batches and transforms,
-    so the same seed gives the same weights on the same machine and thread count.
+    the loop of the MNIST classifier (``models.eval.classifier.fit_adam_cosine``); a seeded
+    generator draws batches and transforms, so the same seed gives the same weights on the same
+    machine and thread count.
     """
     x = image_channel(images)
     if len(x) < 1 or steps < 1 or batch_size < 1:
@@ -145,33 +145,20 @@ def train_feature_net(
         model = CtFeatureNet(channels, feature_dim)
         _check(model, x)
         gen = torch.Generator().manual_seed(seed)
-        opt = torch.optim.Adam(model.parameters(), lr=lr)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
-        )
-        model.train()
-        for _ in range(steps):
+
+        def batch_loss() -> torch.Tensor:
             idx = torch.randint(len(x), (batch_size,), generator=gen)
             labels = torch.randint(N_TRANSFORMS, (batch_size,), generator=gen)
-            loss = F.cross_entropy(model(transformed_batch(x[idx], labels)), labels)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-    return model.eval()
+            return F.cross_entropy(model(transformed_batch(x[idx], labels)), labels)
 
-
-@torch.no_grad()
-def _batched(model: CtFeatureNet, x: torch.Tensor, fn, batch_size: int) -> torch.Tensor:
-    _check(model, x)
-    with eval_mode(model):
-        out = [fn(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
-    return torch.cat(out) if out else torch.empty(0)
+        return fit_adam_cosine(model, steps, lr, batch_loss)
 
 
 def features(model: CtFeatureNet, images: Any, batch_size: int = 256) -> torch.Tensor:
     """Penultimate activations (N, feature_dim) of the image channel of ``images``."""
-    return _batched(model, image_channel(images), model.features, batch_size)
+    x = image_channel(images)
+    _check(model, x)
+    return batched(model, x, model.features, batch_size)
 
 
 def pretext_accuracy(model: CtFeatureNet, images: Any, batch_size: int = 256) -> dict[str, float]:
@@ -184,9 +171,10 @@ def pretext_accuracy(model: CtFeatureNet, images: Any, batch_size: int = 256) ->
     x = image_channel(images)
     if len(x) == 0:
         raise ValueError("pretext_accuracy needs at least one image")
+    _check(model, x)  # the transforms keep the (square) size
     hits = {"accuracy": 0, "rotation": 0, "mirror": 0}
     for k in range(N_TRANSFORMS):
-        pred = _batched(model, dihedral(x, k), lambda b: model(b).argmax(1), batch_size)
+        pred = batched(model, dihedral(x, k), lambda b: model(b).argmax(1), batch_size)
         hits["accuracy"] += int((pred == k).sum())
         hits["rotation"] += int((pred % 4 == k % 4).sum())
         hits["mirror"] += int(((pred >= 4) == (k >= 4)).sum())

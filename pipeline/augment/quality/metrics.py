@@ -16,8 +16,6 @@ Images are ``(N, 1, S, S)`` (or ``(N, S, S)``) in [-1, 1], masks the same shape 
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -28,6 +26,7 @@ import scipy.stats
 import torch
 
 from models.eval import metrics as M
+from pipeline.io.tables import cell, csv_text, markdown, raw
 
 # 8-connectivity: pixels touching at a corner belong to one component, as a reader would see it.
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
@@ -188,38 +187,21 @@ TABLE_COLUMNS = [
 ]
 
 
-def _fmt(value: Any, fmt: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    return fmt.format(value)
-
-
-def _cells(rows: Mapping[str, Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    header = ["set"] + [title for _, title, _ in TABLE_COLUMNS]
-    body = [[name] + [_fmt(r.get(k), f) for k, _, f in TABLE_COLUMNS] for name, r in rows.items()]
-    return header, body
-
-
 def quality_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
     """Markdown table: one row per set (in the given order), the columns of ``TABLE_COLUMNS``.
 
     Missing or NaN values are left empty rather than printed as 0.
     """
-    header, body = _cells(rows)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in body]
-    return "\n".join(lines) + "\n"
+    header = ["set"] + [title for _, title, _ in TABLE_COLUMNS]
+    body = [[name] + [cell(r.get(k), f) for k, _, f in TABLE_COLUMNS] for name, r in rows.items()]
+    return markdown(header, body)
 
 
 def quality_csv(rows: Mapping[str, Mapping[str, Any]]) -> str:
     """The same table as CSV with the raw metric keys as header (full precision)."""
     keys = [k for k, _, _ in TABLE_COLUMNS]
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["set", *keys])
-    for name, r in rows.items():
-        writer.writerow([name] + ["" if _fmt(r.get(k), "{}") == "" else r[k] for k in keys])
-    return buf.getvalue()
+    body = [[name] + [raw(r.get(k)) for k in keys] for name, r in rows.items()]
+    return csv_text(["set", *keys], body)
 
 
 REFERENCE_ROW = "real train (floor)"
@@ -286,23 +268,21 @@ def fraction_near_copy_table(by_fraction: tuple[list[str], dict[str, dict[str, A
     columns, rows = by_fraction
     if not rows:
         return ""
-    lines = [
-        "| set | threshold | " + " | ".join(f"near-copies {c}" for c in columns) + " |",
-        "|" + "---|" * (len(columns) + 2),
+    header = ["set", "threshold", *(f"near-copies {c}" for c in columns)]
+    body = [
+        [name, cell(r["threshold"], "{:.2f}"), *(cell(r.get(c), "{:.3f}") for c in columns)]
+        for name, r in rows.items()
     ]
-    for name, r in rows.items():
-        cells = [_fmt(r.get(c), "{:.3f}") for c in columns]
-        lines.append(f"| {name} | {_fmt(r['threshold'], '{:.2f}')} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return markdown(header, body)
 
 
 def fraction_near_copy_csv(by_fraction: tuple[list[str], dict[str, dict[str, Any]]]) -> str:
     """The same table as CSV at full precision (``near_copy_share_<fraction>`` columns)."""
     columns, rows = by_fraction
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["set", "near_copy_threshold", *(FRACTION_PREFIX + c for c in columns)])
+    header = ["set", "near_copy_threshold", *(FRACTION_PREFIX + c for c in columns)]
+    # Only None is left empty here: a NaN share is written as "nan", as it always was.
+    body = []
     for name, r in rows.items():
         values = [r.get(k) for k in ["threshold", *columns]]
-        writer.writerow([name] + ["" if v is None else v for v in values])
-    return buf.getvalue()
+        body.append([name] + ["" if v is None else v for v in values])
+    return csv_text(header, body)

@@ -10,7 +10,6 @@ were checked per training fraction (``gvae ct-quality --fractions``), ``near_cop
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from pathlib import Path
@@ -60,23 +59,3 @@ def run(evals_dir: str | os.PathLike, out_dir: str | os.PathLike, order=None) ->
             (tmp / "near_copies.md").write_text(fraction_near_copy_table(by_fraction))
             (tmp / "near_copies.csv").write_text(fraction_near_copy_csv(by_fraction))
     return rows
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``gvae ct-quality-report``."""
-    parser.add_argument("--evals", required=True, help="folder of <set>/metrics.json")
-    parser.add_argument("--out", required=True, help="output folder for table.md + table.csv")
-    parser.add_argument("--order", help="comma-separated set names, the table's row order")
-
-
-def main(args: argparse.Namespace) -> int:
-    """Entry point of ``gvae ct-quality-report``."""
-    from pipeline.cli import StageError
-
-    order = [s for s in (args.order or "").split(",") if s]
-    try:
-        rows = run(args.evals, args.out, order)
-    except ValueError as exc:
-        raise StageError(str(exc)) from None
-    print(f"ct-quality-report: {len(rows)} rows -> {args.out}")
-    return 0

@@ -14,14 +14,12 @@ and ``summary.json`` (held-out and train pretext accuracy, chance level, timings
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 from pathlib import Path
 
 from common.atomic import atomic_dir, write_json
 from pipeline.io.shards import load_slices
-from pipeline.params.loader import load_section
 from pipeline.params.quality import CtFeatureParams
 
 NET_NAME = "feature_net.pt"
@@ -92,31 +90,3 @@ def run(
         save_feature_net(tmp / NET_NAME, model, extra)
         write_json(tmp / SUMMARY_NAME, summary)
     return summary
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``gvae ct-features``."""
-    parser.add_argument("--slices", required=True, help="slices folder (index.json + shards)")
-    parser.add_argument("--out", required=True, help="output folder, replaced atomically")
-    parser.add_argument(
-        "--weights",
-        help="use these weights instead of training: a feature_net.pt of this stage or a torch "
-        "state_dict of CtFeatureNet(ct_features.channels, ct_features.feature_dim)",
-    )
-
-
-def main(args: argparse.Namespace) -> int:
-    """Entry point of ``gvae ct-features``."""
-    from pipeline.cli import StageError
-
-    params = load_section(args.params, "ct_features")
-    try:
-        s = run(params, args.slices, args.out, args.weights)
-    except ValueError as exc:
-        raise StageError(str(exc)) from None
-    acc = "n/a" if s["pretext_accuracy"] is None else f"{s['pretext_accuracy']:.3f}"
-    print(
-        f"ct-features: pretext accuracy {acc} on {s['heldout_split']} "
-        f"(chance 0.125, train {s['train_pretext_accuracy']:.3f}) -> {args.out}"
-    )
-    return 0

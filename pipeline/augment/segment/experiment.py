@@ -30,51 +30,23 @@ from typing import Any
 import numpy as np
 
 from pipeline.io.shards import INDEX_NAME
-from pipeline.params.segment import CONDITION_KINDS, SegmentParams
+from pipeline.params.segment import (
+    Condition,
+    SegmentParams,
+    expand_conditions,
+)
 
 SYN_SPLIT = "synthetic"
 SYN_PREFIX = "syn-"
 HELD_OUT = ("val", "test")
 
 
-@dataclass(frozen=True)
-class Condition:
-    """One training recipe: which data, with or without classical augmentation."""
-
-    name: str
-    real: bool
-    classical: bool
-    model: str | None  # the synthetic model, None when no synthetic data is used
 
 
-def parse_condition(name: str) -> Condition:
-    """``"real+classical+syn:gvae"`` -> ``Condition``; ``ValueError`` for an unknown name."""
-    kind, _, model = name.partition(":")
-    needs_model = kind.endswith("syn")
-    if kind not in CONDITION_KINDS or needs_model != bool(model):
-        raise ValueError(
-            f"unknown condition '{name}' (valid: real, real+classical, real+syn:<model>, "
-            "real+classical+syn:<model>, syn:<model>)"
-        )
-    return Condition(name, kind != "syn", "classical" in kind, model or None)
 
 
-def expand_conditions(conditions: Iterable[str], models: Iterable[str]) -> list[Condition]:
-    """Expand the syn kinds named without a model over ``models``; keep the given order."""
-    out: list[str] = []
-    for name in conditions:
-        if name.endswith("syn") and ":" not in name:
-            out += [f"{name}:{m}" for m in models]
-        else:
-            out.append(name)
-    if len(set(out)) != len(out):
-        raise ValueError(f"segment.conditions expands to repeated conditions: {out}")
-    return [parse_condition(n) for n in out]
 
 
-def synthetic_models(conditions: Iterable[str], models: Iterable[str]) -> set[str]:
-    """The generators whose synthetic sets the grid's conditions read (``expand_conditions``)."""
-    return {c.model for c in expand_conditions(conditions, models) if c.model}
 
 
 def training_subset(
@@ -294,3 +266,11 @@ def build_training_set(
         n_real=n_real if spec.condition.real else 0,
         n_synthetic=n_syn,
     )
+
+
+DATA_JSON = "data.json"
+
+
+def fraction_dirname(fraction: float) -> str:
+    """Sub-folder of one training-patient fraction in a per-model CT folder: ``f1.0``, ``f0.25``."""
+    return f"f{float(fraction)}"

@@ -10,8 +10,6 @@ NaNs (a patient with no slice where both prediction and ground truth are non-emp
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import warnings
 from pathlib import Path
@@ -22,6 +20,7 @@ from matplotlib.figure import Figure
 
 from common.atomic import atomic_path, write_json
 from pipeline.augment.segment.stats import bootstrap_ci, paired_difference
+from pipeline.io.tables import cell, csv_text, is_missing, markdown, raw
 from pipeline.params.segment import SegmentParams
 
 BASELINE = "real"
@@ -103,7 +102,7 @@ def aggregate(records: list[dict], params: SegmentParams) -> list[dict]:
 
 def _num(v):
     """JSON-safe number: NaN -> None (``dvc metrics`` and strict JSON readers reject NaN)."""
-    return None if isinstance(v, float) and not math.isfinite(v) else v
+    return None if is_missing(v, finite=True) else v
 
 
 def metrics_json(rows: list[dict]) -> dict:
@@ -118,48 +117,47 @@ def metrics_json(rows: list[dict]) -> dict:
 
 
 def _fmt(v, digits: int = 3) -> str:
-    return (
-        "n/a"
-        if v is None or (isinstance(v, float) and not math.isfinite(v))
-        else (f"{v:.{digits}f}" if isinstance(v, float) else str(v))
-    )
+    """A float with ``digits`` decimals, anything else as ``str``; ``n/a`` for None, NaN, inf."""
+    return cell(v, f"{{:.{digits}f}}" if isinstance(v, float) else "{}", empty="n/a", finite=True)
+
+
+def _with_ci(r: dict, keys: tuple[str, str, str], digits: int = 3) -> str:
+    """``value [lo, hi]`` from the three ``keys`` of ``r``, each with :func:`_fmt`."""
+    value, lo, hi = (_fmt(r[k], digits) for k in keys)
+    return f"{value} [{lo}, {hi}]"
 
 
 def table_markdown(rows: list[dict], params: SegmentParams) -> str:
     """A readable markdown table of ``rows`` with the CI level stated."""
     level = round(100 * (1 - params.alpha))
-    lines = [
+    intro = (
         f"Test-set pancreas Dice per condition and training fraction: mean over patients of the "
         f"seed-averaged per-patient Dice, {level}% percentile-bootstrap CI over patients "
         f"({params.n_boot} resamples); differences paired per patient against `{BASELINE}` "
-        f"and `{CLASSICAL}`.",
-        "",
-        "| condition | fraction | train patients | test patients | seeds | real / syn slices "
-        f"| Dice [{level}% CI] | Dice - real [{level}% CI] "
-        f"| Dice - real+classical [{level}% CI] | HD95 mm [{level}% CI] |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['condition']} | {r['fraction']:g} | {r['n_train_patients']} | "
-            f"{r['n_patients']} | {r['n_seeds']} | {r['n_real']} / {r['n_synthetic']} | "
-            f"{_fmt(r['dice'])} [{_fmt(r['dice_lo'])}, {_fmt(r['dice_hi'])}] | "
-            f"{_fmt(r['diff_vs_real'])} [{_fmt(r['diff_lo'])}, {_fmt(r['diff_hi'])}] | "
-            f"{_fmt(r['diff_vs_classical'])} [{_fmt(r['diff_classical_lo'])}, "
-            f"{_fmt(r['diff_classical_hi'])}] | "
-            f"{_fmt(r['hd95_mm'], 1)} [{_fmt(r['hd95_lo'], 1)}, {_fmt(r['hd95_hi'], 1)}] |"
-        )
-    return "\n".join(lines) + "\n"
+        f"and `{CLASSICAL}`."
+    )
+    header = [
+        "condition", "fraction", "train patients", "test patients", "seeds", "real / syn slices",
+        f"Dice [{level}% CI]", f"Dice - real [{level}% CI]",
+        f"Dice - real+classical [{level}% CI]", f"HD95 mm [{level}% CI]",
+    ]  # fmt: skip
+    body = [
+        [
+            f"{r['condition']}", f"{r['fraction']:g}", f"{r['n_train_patients']}",
+            f"{r['n_patients']}", f"{r['n_seeds']}", f"{r['n_real']} / {r['n_synthetic']}",
+            _with_ci(r, ("dice", "dice_lo", "dice_hi")),
+            _with_ci(r, DIFF_COLUMNS[BASELINE]),
+            _with_ci(r, DIFF_COLUMNS[CLASSICAL]),
+            _with_ci(r, ("hd95_mm", "hd95_lo", "hd95_hi"), digits=1),
+        ]
+        for r in rows
+    ]  # fmt: skip
+    return intro + "\n\n" + markdown(header, body)
 
 
 def results_csv(rows: list[dict]) -> str:
     """``rows`` as CSV text (empty cells for NaN)."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({k: "" if _num(r[k]) is None else r[k] for k in COLUMNS})
-    return buf.getvalue()
+    return csv_text(COLUMNS, [[raw(r[k], finite=True) for k in COLUMNS] for r in rows])
 
 
 def plot_dice_vs_size(rows: list[dict], dest: Path, level: int = 95) -> None:

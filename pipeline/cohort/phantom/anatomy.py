@@ -21,7 +21,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from pipeline.cohort.phantom import organs as org
-from pipeline.params.loader import PhantomParams
+from pipeline.params.cohort import PhantomParams
 
 TCIA_ORIENTATION = (1.0, 0.0, 0.0, 0.0, -1.0, 0.0)
 TCIA_SLICE_DIRECTION = (0.0, 0.0, -1.0)  # instance k -> k+1 moves inferior, as in TCIA
@@ -81,11 +81,11 @@ def case_rng(seed: int, index: int) -> np.random.Generator:
 
 def sample_geometry(rng: np.random.Generator, index: int, params: PhantomParams) -> CaseGeometry:
     """Draw one case's pixel spacing, table position, rescale intercept, noise and study date."""
-    spacing = round(_u(rng, 0.66, 0.98) * 512 / params.matrix, 6)
+    spacing = round(org._u(rng, 0.66, 0.98) * 512 / params.matrix, 6)
     half = (params.matrix - 1) / 2 * spacing
     # IOP (1,0,0,0,-1,0): column index runs +x (left), row index runs -y (anterior); centring
     # the image on the isocentre puts instance 1's top-left pixel at (-half, +half).
-    origin = (-half, half, round(_u(rng, -150.0, 150.0), 2))
+    origin = (-half, half, round(org._u(rng, -150.0, 150.0), 2))
     intercept = INTERCEPTS[int(rng.integers(len(INTERCEPTS)))]
     day = dt.date(2012, 1, 1) + dt.timedelta(days=int(rng.integers(0, 5 * 365)))
     return CaseGeometry(
@@ -98,13 +98,9 @@ def sample_geometry(rng: np.random.Generator, index: int, params: PhantomParams)
         slice_thickness_mm=params.slice_thickness_mm,
         origin=(round(origin[0], 4), round(origin[1], 4), origin[2]),
         rescale_intercept=intercept,
-        noise_hu=_u(rng, 10, 18),
+        noise_hu=org._u(rng, 10, 18),
         study_date=day.strftime("%Y%m%d"),
     )
-
-
-def _u(rng: np.random.Generator, lo: float, hi: float) -> float:
-    return float(rng.uniform(lo, hi))
 
 
 def patient_grid(geom: CaseGeometry, centre: tuple[float, float, float]) -> org.Grid:
@@ -138,29 +134,29 @@ def tissue_hu(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     with noise and partial volume, voxels under the mask average ~100 HU with sd ~30 HU like the
     TCIA reference patient (mean 102.6, sd 30.9).
     """
-    phase = _u(rng, 0.0, 1.0)
+    phase = org._u(rng, 0.0, 1.0)
     mean = np.zeros(org.N_TISSUES)
     tex = np.full(org.N_TISSUES, 5.0)
     mean[org.AIR], tex[org.AIR] = -1000, 0
-    mean[org.FAT], tex[org.FAT] = _u(rng, -110, -90), 8
-    mean[org.VFAT], tex[org.VFAT] = _u(rng, -100, -80), 12
-    mean[org.MUSCLE] = _u(rng, 42, 58)
-    mean[org.BOWEL] = _u(rng, 35, 55)
-    mean[org.FLUID] = _u(rng, 5, 25)
+    mean[org.FAT], tex[org.FAT] = org._u(rng, -110, -90), 8
+    mean[org.VFAT], tex[org.VFAT] = org._u(rng, -100, -80), 12
+    mean[org.MUSCLE] = org._u(rng, 42, 58)
+    mean[org.BOWEL] = org._u(rng, 35, 55)
+    mean[org.FLUID] = org._u(rng, 5, 25)
     mean[org.GAS], tex[org.GAS] = -1000, 0
-    mean[org.LIVER], tex[org.LIVER] = 60 + 35 * phase + _u(rng, -5, 5), 8
-    mean[org.SPLEEN] = 50 + 50 * phase + _u(rng, -5, 5)
-    mean[org.STOMACH] = _u(rng, 35, 50)
-    mean[org.KIDNEY] = 110 + 80 * phase + _u(rng, -10, 10)
+    mean[org.LIVER], tex[org.LIVER] = 60 + 35 * phase + org._u(rng, -5, 5), 8
+    mean[org.SPLEEN] = 50 + 50 * phase + org._u(rng, -5, 5)
+    mean[org.STOMACH] = org._u(rng, 35, 50)
+    mean[org.KIDNEY] = 110 + 80 * phase + org._u(rng, -10, 10)
     mean[org.MEDULLA] = 35 + 40 * phase
-    mean[org.DUODENUM] = _u(rng, 30, 50)
-    mean[org.PANCREAS], tex[org.PANCREAS] = _u(rng, 96, 110), 25
+    mean[org.DUODENUM] = org._u(rng, 30, 50)
+    mean[org.PANCREAS], tex[org.PANCREAS] = org._u(rng, 96, 110), 25
     mean[org.IVC] = 80 + 60 * phase
-    mean[org.AORTA] = 150 + 60 * phase + _u(rng, -5, 5)
-    mean[org.CSF] = _u(rng, 5, 20)
-    mean[org.DISC] = _u(rng, 70, 95)
-    mean[org.CANCELLOUS], tex[org.CANCELLOUS] = _u(rng, 200, 300), 40
-    mean[org.CORTICAL], tex[org.CORTICAL] = _u(rng, 600, 800), 60
+    mean[org.AORTA] = 150 + 60 * phase + org._u(rng, -5, 5)
+    mean[org.CSF] = org._u(rng, 5, 20)
+    mean[org.DISC] = org._u(rng, 70, 95)
+    mean[org.CANCELLOUS], tex[org.CANCELLOUS] = org._u(rng, 200, 300), 40
+    mean[org.CORTICAL], tex[org.CORTICAL] = org._u(rng, 600, 800), 60
     return mean, tex
 
 
@@ -172,11 +168,11 @@ def tissue_map(geom: CaseGeometry, rng: np.random.Generator) -> np.ndarray:
     """
     fov_lr = geom.cols * geom.pixel_spacing[1]
     fov_ap = geom.rows * geom.pixel_spacing[0]
-    off = (_u(rng, -10, 10), _u(rng, -5, 25))  # body centre relative to the isocentre
+    off = (org._u(rng, -10, 10), org._u(rng, -5, 25))  # body centre relative to the isocentre
     coverage = geom.n_slices * geom.slice_step_mm
     # The pancreatic body sits 35-60 % down the scanned range, so it appears on a subset of
     # slices with organ-free margins above (liver dome) and below (kidneys, bowel).
-    level = geom.origin[2] - _u(rng, 0.35, 0.6) * coverage
+    level = geom.origin[2] - org._u(rng, 0.35, 0.6) * coverage
     grid = patient_grid(geom, (off[0], off[1], level))
     max_half = (0.47 * fov_lr - abs(off[0]), 0.44 * fov_ap - abs(off[1]))
     body, sizes = org.body_masks(grid, rng, max_half)

@@ -31,6 +31,7 @@ class Grid:
 
 
 def _u(rng: np.random.Generator, lo: float, hi: float) -> float:
+    """One ``rng.uniform(lo, hi)`` draw as a float (also ``anatomy``'s, as ``org._u``)."""
     return float(rng.uniform(lo, hi))
 
 

@@ -11,20 +11,18 @@ Every series says ``SYNTHETIC PHANTOM`` in ImageComments and Manufacturer.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 from pathlib import Path
 
 import pydicom
-from pydantic import ValidationError
 from pydicom.uid import generate_uid
 
 from common.atomic import atomic_dir, write_json
-from pipeline.cli import StageError
 from pipeline.cohort.phantom.anatomy import CaseGeometry, label_to_tcia, make_case
+from pipeline.errors import StageError
 from pipeline.io.dicom_write import SeriesHeader, write_ct_series
 from pipeline.io.nifti import write_nifti
-from pipeline.params.loader import PhantomParams, load_section
+from pipeline.params.cohort import PhantomParams
 
 IMAGES_DIR = "Pancreas-CT"
 LABELS_DIR = "TCIA_pancreas_labels-02-05-2017"
@@ -128,24 +126,3 @@ def run(params: PhantomParams, out_dir: str | Path) -> list[str]:
     rows = [write_case(out_dir, params.seed, i, params) for i in range(1, params.cases + 1)]
     write_json(out_dir / MANIFEST, {"params": params.model_dump(), "cases": rows})
     return ids
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``gvae phantom``; unset ones fall back to the ``phantom`` params section."""
-    parser.add_argument("--out", required=True, help="output folder (TCIA layout inside)")
-    parser.add_argument("--cases", type=int, help="number of cases (default: params)")
-    parser.add_argument("--seed", type=int, help="random seed (default: params)")
-
-
-def main(args: argparse.Namespace) -> int:
-    """Run the stage from parsed arguments; return the exit code."""
-    params = load_section(args.params, "phantom")
-    overrides = {k: getattr(args, k) for k in ("cases", "seed") if getattr(args, k) is not None}
-    try:
-        params = PhantomParams.model_validate({**params.model_dump(), **overrides})
-    except ValidationError as exc:
-        bad = "; ".join(f"--{e['loc'][0]}: {e['msg']}" for e in exc.errors())
-        raise StageError(f"invalid option(s): {bad}") from None
-    ids = run(params, args.out)
-    print(f"wrote {len(ids)} synthetic case(s) ({ids[0]}..{ids[-1]}) to {args.out}")
-    return 0

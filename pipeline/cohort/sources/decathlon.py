@@ -9,8 +9,9 @@ Pancreas, portal-venous CT from Memorial Sloan Kettering)::
 The case id is the file name without its suffix. Which label values count as "pancreas" is a
 parameter (``ingest.decathlon.pancreas_values``, default 1 and 2 merged: the tumour lies inside
 the organ, and the TCIA labels this pipeline was built on outline the whole gland). The image
-grid is the CT grid; the label is placed on it by ``place_label`` like any other label, in
-``pipeline/cohort/sources/decathlon_ingest.py``. Files whose names start with "." are skipped: the
+grid is the CT grid; the label is placed on it by ``place_label`` like any other label
+(``DecathlonSource`` below; the shared core ``pipeline.cohort.ingest`` does the rest). Files whose
+names start with "." are skipped: the
 Decathlon archives carry macOS "._" resource files beside every volume.
 
 Every bad input raises ``ValueError`` naming the file. Nothing here writes to disk and no
@@ -25,7 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.io.nifti import NIFTI_SUFFIXES, read_volume
+from pipeline.cohort.label_checks import place_by_affine
+from pipeline.cohort.sources.base import CaseVolume, Located
+from pipeline.errors import StageError
+from pipeline.io.nifti import NIFTI_SUFFIXES, load_label, read_volume
+from pipeline.params.ingest import IngestParams
 
 
 @dataclass(frozen=True)
@@ -84,3 +89,55 @@ def read_hu_volume(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 def pancreas_mask(label: np.ndarray, values: Sequence[int]) -> np.ndarray:
     """Return a new uint8 0/1 mask: 1 where ``label`` holds one of ``values``."""
     return np.isin(label, np.asarray(values)).astype(np.uint8)
+
+
+def decathlon_label(
+    case: DecathlonCase, shape: tuple, affine: np.ndarray, params: IngestParams
+) -> tuple[np.ndarray, str]:
+    """Return ``(0/1 pancreas mask on the image grid, placement)`` of ``case``'s label file;
+    raises ``ValueError`` naming it when missing, without pancreas values or off the image."""
+    raw, label_affine = load_label(case.label)  # names the file when missing or unreadable
+    wanted = params.decathlon.pancreas_values
+    mask = pancreas_mask(raw, wanted)
+    if not mask.any():
+        present = sorted(int(v) for v in np.unique(raw))
+        raise ValueError(
+            f"{case.label}: no voxel holds a pancreas value {list(wanted)} (values {present})"
+        )
+    return place_by_affine(mask, label_affine, shape, affine, params, case.label)
+
+
+@dataclass(frozen=True)
+class DecathlonSource:
+    """``ingest.source: decathlon``: ``images`` is a task's imagesTr/ (CT in HU, NIfTI),
+    ``labels`` its labelsTr/ (same names). The image grid is the CT grid; the label is placed on
+    it by physical geometry like any other label."""
+
+    params: IngestParams
+    images: Path
+    labels: Path
+    name = "decathlon"
+
+    def cases(self) -> list[DecathlonCase]:
+        """Every image of ``images`` with its label; ``StageError`` naming a missing or empty
+        folder."""
+        try:
+            return find_decathlon_cases(self.images, self.labels)
+        except ValueError as exc:
+            raise StageError(str(exc)) from None
+
+    def locate(self, case: DecathlonCase) -> Located:
+        """The image file and the label file of the same name."""
+        if not case.label.is_file():
+            raise ValueError(f"{case.label}: label file not found for case {case.case_id}")
+        return Located(case.image.parent, [case.image], case.label)
+
+    def read(self, case: DecathlonCase, label: Path) -> CaseVolume:
+        """The image in HU on its own grid and the pancreas values of ``label`` placed on it."""
+        hu, affine = read_hu_volume(case.image)
+        mask, placement = decathlon_label(case, hu.shape, affine, self.params)
+        spacing = [round(float(s), 6) for s in np.linalg.norm(affine[:3, :3], axis=0)]
+        return CaseVolume(hu, affine, mask, placement, spacing=spacing)
+
+
+SOURCE = DecathlonSource
