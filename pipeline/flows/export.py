@@ -2,9 +2,9 @@
 
 The flow only fills in ``gvae export``'s options and calls that stage's own ``main``: the
 privacy gate, the DICOM writing, the receipt and the resend-only-what-is-missing delivery are
-the stage's (pipeline/export/run.py), never repeated here. What the flow adds is a request
-record in Prefect: parameters, logs, retries of the PACS delivery, and an artifact with the
-study's identifiers and the receipt's PACS status.
+the stage's (pipeline/stages/export.py, its work in pipeline/export/run.py), never repeated
+here. What the flow adds is a request record in Prefect: parameters, logs, retries of the PACS
+delivery, and an artifact with the study's identifiers and the receipt's PACS status.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def stage_args(argv: list[str]) -> argparse.Namespace:
 
     Raises ``ValueError`` with argparse's message instead of exiting the process.
     """
-    from pipeline.export import run as export
+    from pipeline.stages import export
 
     parser = argparse.ArgumentParser(prog="gvae export", exit_on_error=False)
     parser.add_argument("--params", default=DEFAULT_PARAMS)
@@ -67,7 +67,7 @@ def build(params: str, synthetic: str, out: str, n: int, slices: str | None, all
     ``slices`` ``None`` leaves the near-copy gate's reference to the stage (the slices folder
     recorded in the generator's run).
     """
-    from pipeline.export import run as export
+    from pipeline.stages import export
 
     argv = ["--params", params, "--synthetic", synthetic, "--out", out, "--n", str(n)]
     if slices is not None:
@@ -81,7 +81,7 @@ def build(params: str, synthetic: str, out: str, n: int, slices: str | None, all
 @task(task_run_name="send to {pacs}", cache_policy=NO_CACHE)
 def send(params: str, out: str, pacs: str, called_aet: str | None, calling_aet: str | None):
     """Run ``gvae export --out ... --pacs ...``: send what the PACS lacks; return the receipt."""
-    from pipeline.export import run as export
+    from pipeline.stages import export
 
     argv = ["--params", params, "--out", out, "--pacs", pacs]
     if called_aet:
