@@ -120,17 +120,30 @@ class GenerativeModel(nn.Module):
 
     Attributes: ``name`` (registry name), ``config`` (validated pydantic config), ``channels``,
     ``size``, ``latent_dim``, ``has_encoder``, ``has_critic``, ``n_critic`` (critic updates
-    per encoder/generator update; 0 without a critic) and ``deterministic_encoder`` (``forward``
-    never samples: z = mu in train mode too, e.g. the plain autoencoder).
+    per encoder/generator update; 0 without a critic), ``deterministic_encoder`` (``forward``
+    never samples: z = mu in train mode too, e.g. the plain autoencoder) and ``conditional``.
+
+    A ``conditional`` (mask-conditioned) model trains on the CT pairs like every other model,
+    a batch (B, 2, H, W) of image (channel 0) and mask (channel 1, {-1, 1}), but it learns
+    p(image | mask): it draws an image FOR a given mask. Its ``decode`` and ``sample`` take
+    ``condition``, a (B, 2, H, W) batch of (image, mask) pairs whose masks the drawn images must
+    fit (the image channel is only read by models that keep the surroundings real), and return
+    (drawn image, conditioning mask) pairs, so every synthetic slice carries its mask as label.
     """
 
     name: str = "base"
     has_encoder: bool = False
     has_critic: bool = False
     deterministic_encoder: bool = False
+    conditional: bool = False
 
     def __init__(self, config: NetConfig, channels: int, size: int) -> None:
         super().__init__()
+        if self.conditional and channels != 2:
+            raise ValueError(
+                f"{type(self).__name__} is mask-conditioned: it trains on (image, mask) pairs "
+                f"(channels=2), got channels={channels}"
+            )
         self.n_stages = check_geometry(channels, size)
         self.config = config
         self.channels = channels
@@ -175,20 +188,38 @@ class GenerativeModel(nn.Module):
         """Map latents to images: (B, latent) -> (B, C, H, W) in [-1, 1]."""
         raise NotImplementedError
 
+    def check_condition(self, n: int, condition: Tensor | None) -> None:
+        """``ValueError`` unless ``condition`` is a (n, 2, H, W) batch exactly when the model is
+        conditional (see the class docstring)."""
+        if not self.conditional:
+            if condition is not None:
+                raise ValueError(f"{self.name} is not mask-conditioned; it takes no condition")
+            return
+        want = (n, 2, self.size, self.size)
+        if condition is None or tuple(condition.shape) != want:
+            got = None if condition is None else tuple(condition.shape)
+            raise ValueError(f"{self.name} draws images for masks: condition {want}, got {got}")
+
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, condition: Tensor | None = None
+    ) -> Tensor:
         """Draw ``n`` images G(z), z ~ N(0, I): returns (n, C, H, W) in [-1, 1].
 
-        Runs in eval mode (no dropout, batch-norm running statistics) and restores the previous
-        mode, so sampling during training consumes no global random numbers.
+        A conditional model draws them for ``condition``'s masks (class docstring). Runs in
+        eval mode (no dropout, batch-norm running statistics) and restores the previous mode,
+        so sampling during training consumes no global random numbers.
         """
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
+        self.check_condition(n, condition)
         device = next(self.parameters()).device
         gen_device = generator.device if generator is not None else device
         z = torch.randn(n, self.latent_dim, generator=generator, device=gen_device).to(device)
         with eval_mode(self):
-            return self.decode(z).float()
+            if condition is None:
+                return self.decode(z).float()
+            return self.decode(z, condition.to(device)).float()
 
     # ----------------------------------------------------------------- encoder models only
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:

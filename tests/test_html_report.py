@@ -122,7 +122,7 @@ def test_report_is_self_contained_with_every_section(tmp_path, monkeypatch):
     assert "not produced by this run (fashion_mnist is not in mnist.datasets)" in html
     for table_id, first_cells in TABLE_ROWS.items():
         assert set(first_cells) <= set(dom.rows.get(table_id, [])), (table_id, dom.rows)
-    assert html.count("<img ") == len(IMAGE_SIZES) + 1  # + the Dice plot
+    assert html.count("<img ") == len(IMAGE_SIZES) + 2  # + the forest and Dice plots
     newest = (paths["train_runs"] / "mnist/vae/s0/samples/step-10.png").read_bytes()
     assert "training samples at step 10" in html and "step-9.png" not in html
     assert base64.b64encode(newest).decode() in html  # the newest grid itself is inlined
@@ -235,7 +235,7 @@ def test_report_renders_in_headless_chromium(tmp_path, monkeypatch):
     dom = _dom(_browse(probed, tmp_path / "chrome", "--dump-dom").stdout)
     expected = sorted(f"{w}x{h}" for w, h in IMAGE_SIZES.values())
     sizes = dom.body.get("data-img-sizes", "").split()
-    assert dom.body.get("data-img-total") == str(len(IMAGE_SIZES) + 1), dom.body
+    assert dom.body.get("data-img-total") == str(len(IMAGE_SIZES) + 2), dom.body
     assert dom.body.get("data-img-decoded") == dom.body["data-img-total"], dom.body
     assert set(expected) <= set(sizes), sizes  # the fixture images, at their own sizes
     for table_id, first_cells in TABLE_ROWS.items():

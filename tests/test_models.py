@@ -34,6 +34,25 @@ def _batch(channels: int, size: int, n: int = 4) -> torch.Tensor:
     return torch.rand(n, channels, size, size, generator=g) * 2 - 1
 
 
+def _pairs(size: int, n: int) -> torch.Tensor:
+    """(image, mask) pairs for a mask-conditioned model: a square mask in {-1, 1}."""
+    x = _batch(2, size, n)
+    x[:, 1] = -1.0
+    x[:, 1, size // 4 : size // 2, size // 4 : size // 2] = 1.0
+    return x
+
+
+def _cases() -> list[tuple[str, int, int]]:
+    """(name, channels, size) of every model at every geometry it takes: a mask-conditioned
+    model trains on (image, mask) pairs only, so it skips the 1-channel geometry."""
+    return [
+        (name, channels, size)
+        for name in available()
+        for channels, size in GEOMETRIES
+        if channels == 2 or not lookup(name)[0].conditional
+    ]
+
+
 def test_registry_lists_all_models():
     assert available() == [
         "aae",
@@ -42,6 +61,7 @@ def test_registry_lists_all_models():
         "alpha_gan",
         "beta_tcvae",
         "beta_vae",
+        "cgvae",
         "constrained_vae_gan",
         "ddpm",
         "gan",
@@ -54,25 +74,32 @@ def test_registry_lists_all_models():
     ]
 
 
-@pytest.mark.parametrize("name", available())
-@pytest.mark.parametrize("channels,size", GEOMETRIES)
+@pytest.mark.parametrize("name,channels,size", _cases())
 def test_build_sample_decode(name, channels, size):
     model = _build(name, channels, size)
     # A diffusion model's latent is its initial noise x_T: one value per pixel and channel.
     latent = 8 if "latent_dim" in type(model.config).model_fields else channels * size * size
     assert (model.name, model.channels, model.size) == (name, channels, size)
     assert model.latent_dim == latent
-    out = model.sample(5, generator=torch.Generator().manual_seed(0))
+    cond = _pairs(size, 5) if model.conditional else None
+    out = model.sample(5, generator=torch.Generator().manual_seed(0), condition=cond)
     assert out.shape == (5, channels, size, size)
     assert out.min() >= -1 and out.max() <= 1
     assert model.training, "sample() must restore train mode"
-    again = model.sample(5, generator=torch.Generator().manual_seed(0))
+    again = model.sample(5, generator=torch.Generator().manual_seed(0), condition=cond)
     assert torch.equal(out, again), "sampling with a seeded generator must be deterministic"
-    assert model.decode(torch.zeros(3, latent)).shape == (3, channels, size, size)
+    decoded = model.decode(torch.zeros(3, latent), *([] if cond is None else [cond[:3]]))
+    assert decoded.shape == (3, channels, size, size)
+    if model.conditional:  # the drawn pair carries its conditioning mask as its label
+        assert torch.equal(out[:, 1:], cond[:, 1:]) and torch.equal(decoded[:, 1:], cond[:3, 1:])
+        with pytest.raises(ValueError, match="condition"):
+            model.sample(5, generator=torch.Generator().manual_seed(0))
+    else:
+        with pytest.raises(ValueError, match="not mask-conditioned"):
+            model.sample(2, condition=_pairs(size, 2))
 
 
-@pytest.mark.parametrize("name", available())
-@pytest.mark.parametrize("channels,size", GEOMETRIES)
+@pytest.mark.parametrize("name,channels,size", _cases())
 def test_losses_finite_and_critic(name, channels, size):
     model = _build(name, channels, size)
     x = _batch(channels, size)
@@ -96,8 +123,7 @@ def test_losses_finite_and_critic(name, channels, size):
             model.critic_loss(x)
 
 
-@pytest.mark.parametrize("name", [n for n in available() if lookup(n)[0].has_encoder])
-@pytest.mark.parametrize("channels,size", GEOMETRIES)
+@pytest.mark.parametrize("name,channels,size", [c for c in _cases() if lookup(c[0])[0].has_encoder])
 def test_vae_contract(name, channels, size):
     model = _build(name, channels, size)
     x = _batch(channels, size)

@@ -10,7 +10,7 @@ import torch
 
 from models.config import TrainConfig
 from models.eval.grid import save_grid
-from models.registry import available, build_model
+from models.registry import available, build_model, lookup
 from models.train.checkpoint import load_checkpoint
 from models.train.trainer import BatchSampler, train
 
@@ -60,7 +60,7 @@ def _assert_same_state(a, b):
 
 @pytest.mark.parametrize("name", available())
 def test_one_step_every_model(name, tmp_path):
-    channels = 2 if name in ("gvae", "vae_gan") else 1
+    channels = 2 if name in ("gvae", "vae_gan") or lookup(name)[0].conditional else 1
     model = _model(name, channels)
     before = _state(model)
     summary = train(model, _data(channels), _cfg(steps=1), tmp_path, progress=False)

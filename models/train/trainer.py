@@ -30,7 +30,6 @@ from typing import Any, Literal
 import torch
 from tqdm import tqdm
 
-from common.atomic import atomic_path
 from models.base import GenerativeModel
 from models.config import TrainConfig
 from models.eval.grid import save_grid
@@ -47,28 +46,7 @@ from models.train.checkpoint import (
     set_rng_state,
 )
 from models.train.optim import make_optimizer
-
-
-def save_snapshot(model: GenerativeModel, cfg: TrainConfig, dest: Path, amp) -> Path:
-    """Write ``cfg.snapshot_samples`` samples of ``model`` to ``dest`` (float16 npz ``images``).
-
-    The same seeded draw at every snapshot (``model.sample`` with generator seed
-    ``cfg.seed + 1``, independent of the training RNG), so the snapshots of a run differ only
-    by the weights; ``model.sample`` runs in eval mode and restores the training mode.
-    """
-    import numpy as np
-
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
-    chunks, left = [], cfg.snapshot_samples
-    with torch.no_grad(), amp():
-        while left:
-            n = min(left, 256)
-            chunks.append(model.sample(n, generator=gen).float().cpu())
-            left -= n
-    images = torch.cat(chunks).numpy().astype(np.float16)
-    with atomic_path(dest) as tmp, tmp.open("wb") as fh:
-        np.savez_compressed(fh, images=images)
-    return dest
+from models.train.snapshots import fixed_condition, save_snapshot
 
 
 def resolve_device(device: str) -> torch.device:
@@ -286,7 +264,8 @@ def _save_samples(run: _Run, step: int, fixed_z: torch.Tensor) -> None:
     model, cfg = run.model, run.cfg
     model.eval()
     with torch.no_grad(), run.amp():
-        grid = model.decode(fixed_z)
+        condition = fixed_condition(model, run.data, fixed_z.shape[0])
+        grid = model.decode(fixed_z) if condition is None else model.decode(fixed_z, condition)
     model.train()
     save_grid(
         grid.float().cpu().numpy(),
@@ -295,7 +274,8 @@ def _save_samples(run: _Run, step: int, fixed_z: torch.Tensor) -> None:
         scale=1,
     )
     if cfg.snapshot_samples:
-        save_snapshot(model, cfg, run.out_dir / "samples" / f"step-{step:06d}.npz", run.amp)
+        dest = run.out_dir / "samples" / f"step-{step:06d}.npz"
+        save_snapshot(model, cfg, dest, run.amp, run.data)
 
 
 def _products(run: _Run, step: int, rows: list[dict[str, float]], fixed_z: torch.Tensor) -> None:

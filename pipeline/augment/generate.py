@@ -39,6 +39,7 @@ import torch
 from scipy import ndimage
 
 from common.atomic import atomic_dir, write_json
+from pipeline.augment.masks import MaskSet
 from pipeline.augment.segment.experiment import DATA_JSON
 from pipeline.errors import StageError
 from pipeline.io.contact_sheet import Panel, write_contact_sheet
@@ -99,23 +100,51 @@ class Generated:
     kept_counts: dict[str, int]  # kept samples per kind
 
 
+def condition_batch(conditions: MaskSet, order: np.ndarray, start: int, n: int) -> torch.Tensor:
+    """(n, 2, S, S) condition pairs (image, mask in {-1, 1}) of draws ``start .. start + n``:
+    the seeded ``order`` of the mask set, cycled."""
+    idx = order[(start + np.arange(n)) % len(order)]
+    mask = conditions.mask[idx].astype(np.float32) * 2.0 - 1.0
+    return torch.from_numpy(np.concatenate([conditions.image[idx], mask], axis=1))
+
+
 def generate_pairs(
-    model: torch.nn.Module, n: int, pixel_mm: float, params: GenerateParams, seed: int
+    model: torch.nn.Module,
+    n: int,
+    pixel_mm: float,
+    params: GenerateParams,
+    seed: int,
+    conditions: MaskSet | None = None,
 ) -> Generated:
     """Draw from ``model`` until ``n`` samples are kept or ``max_draw_factor * n`` are drawn.
 
     Sampling is seeded (a CPU ``torch.Generator``), so a checkpoint, ``n``, ``seed`` and the
-    params give the same pairs. Returns at most ``n`` kept pairs in draw order.
+    params give the same pairs. Returns at most ``n`` kept pairs in draw order. A
+    mask-conditioned model draws one image per mask of ``conditions`` (in a seeded order,
+    cycled) and the pair keeps that mask as its label.
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
+    if bool(getattr(model, "conditional", False)) != (conditions is not None):
+        raise ValueError(f"{model.name}: masks are given exactly to mask-conditioned models")
     gen = torch.Generator(device="cpu").manual_seed(seed)
+    order = (
+        None
+        if conditions is None
+        else np.random.default_rng(seed).permutation(len(conditions.mask))
+    )
     limit = int(np.ceil(params.max_draw_factor * n))
     images, masks, index, kinds_all, kept_kinds = [], [], [], [], []
     drawn = kept = 0
     while kept < n and drawn < limit:
         batch = min(params.batch_size, limit - drawn)
-        samples = model.sample(batch, generator=gen).float().cpu().numpy()
+        cond = None if conditions is None else condition_batch(conditions, order, drawn, batch)
+        drawn_batch = (
+            model.sample(batch, generator=gen)
+            if cond is None
+            else model.sample(batch, generator=gen, condition=cond)
+        )
+        samples = drawn_batch.float().cpu().numpy()
         image, mask = split_pair(samples, params.mask_threshold)
         kinds = classify(mask, pixel_mm, params)
         take = np.flatnonzero(keep(kinds, params))[: n - kept]
@@ -178,12 +207,44 @@ def load_run(run_dir: Path):
     return model, record
 
 
-def run(params: GenerateParams, run_dir: Path, out_dir: Path, n: int, seed: int) -> dict:
-    """Generate ``n`` kept pairs from ``run_dir`` into ``out_dir``; return the summary dict."""
+def _masks_summary(params: GenerateParams, conditions: MaskSet | None) -> dict | None:
+    """Masks per source and deformations refused per reason, for ``summary.json``."""
+    if conditions is None:
+        return None
+    return {
+        "source": params.masks,
+        "masks": len(conditions.mask),
+        "from_slices": len(set(conditions.source.tolist())),
+        "rejected": conditions.rejected,
+    }
+
+
+def run(
+    params: GenerateParams,
+    run_dir: Path,
+    out_dir: Path,
+    n: int,
+    seed: int,
+    masks_from: Path | None = None,
+) -> dict:
+    """Generate ``n`` kept pairs from ``run_dir`` into ``out_dir``; return the summary dict.
+
+    A mask-conditioned run draws for the masks of ``generate.masks`` (``masks_from``: a joint
+    model's generated set, for ``masks: generated``); a joint run refuses ``masks_from``.
+    """
     from models.train.checkpoint import checkpoint_digest
+    from pipeline.augment.conditions import load_conditions
 
     model, record = load_run(run_dir)
-    got = generate_pairs(model, n, float(record["pixel_mm"]), params, seed)
+    conditions = None
+    if model.conditional:
+        conditions = load_conditions(params, record, model.size, seed, masks_from)
+    elif masks_from is not None:
+        raise StageError(
+            f"{run_dir}: {model.name} draws its own masks; --masks-from is for "
+            "mask-conditioned models"
+        )
+    got = generate_pairs(model, n, float(record["pixel_mm"]), params, seed, conditions)
     case_id = f"syn-{model.name}"
     positive = int(got.mask.reshape(len(got.mask), -1).any(axis=1).sum())
     summary = {
@@ -200,6 +261,7 @@ def run(params: GenerateParams, run_dir: Path, out_dir: Path, n: int, seed: int)
         "policy": params.model_dump(),
         "positive": positive,
         "negative": len(got.image) - positive,
+        "masks": _masks_summary(params, conditions),
     }
     with atomic_dir(out_dir) as tmp:
         writer = ShardWriter(tmp / SPLIT, shard_size=4096, prefix=f"{SPLIT}/")
@@ -222,6 +284,7 @@ def run(params: GenerateParams, run_dir: Path, out_dir: Path, n: int, seed: int)
             "skipped": [],
             "source": {
                 "model": model.name,
+                "conditional": bool(model.conditional),
                 "run": str(run_dir),
                 # The weights themselves: a retrained generator invalidates the segmentation
                 # runs that used its pairs (their fingerprint covers this index).

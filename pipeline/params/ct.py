@@ -36,6 +36,35 @@ class CTParams(Frozen):
         return v
 
 
+class DeformParams(Frozen):
+    """Elastic + affine deformation of real training masks (``generate.masks: deformed``).
+
+    MAISI's mask augmentation (Guo et al. 2024, ``scripts/augmentation.py``) in 2D: MONAI's
+    ``Rand2DElastic`` (a B-spline control grid every ``spacing_px`` pixels, offsets drawn from
+    ``magnitude``) with a random rotation, scale and translation, nearest-neighbour resampling;
+    a deformed mask is kept only if it keeps ``min_area_ratio`` of its area (MAISI: 80%), grows
+    by no more than ``max_area_ratio`` and stays inside the body of the slice it came from.
+    """
+
+    draws_per_mask: int = Field(4, ge=1, description="deformed masks drawn per real mask")
+    spacing_px: float = Field(16.0, gt=0)
+    magnitude: tuple[float, float] = (0.5, 1.5)
+    rotate_deg: float = Field(15.0, ge=0, le=180)
+    scale: float = Field(0.1, ge=0, lt=1)
+    translate_px: float = Field(4.0, ge=0)
+    min_area_ratio: float = Field(0.8, gt=0, le=1)
+    max_area_ratio: float = Field(1.25, ge=1)
+    # Body = pixels above this windowed value (-1 is the window's floor, where air clips).
+    body_threshold: float = Field(-0.99, gt=-1, lt=1)
+
+    @field_validator("magnitude")
+    @classmethod
+    def _range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 <= v[0] <= v[1]:
+            raise ValueError(f"magnitude must be (low, high) with 0 <= low <= high, got {v}")
+        return v
+
+
 Policy = Literal["keep", "drop"]
 
 
@@ -64,3 +93,10 @@ class GenerateParams(Frozen):
     max_draw_factor: float = Field(
         8.0, ge=1.0, description="stop after drawing this many times n, even if short of n"
     )
+    # Mask-conditioned generators only: where the masks the images are drawn for come from.
+    # "deformed": each training mask of the generator's own patients, deformed (``deform``);
+    # "real": those masks as they are; "generated": the mask channel of a joint model's
+    # generated set (`gvae generate --masks-from DIR`: mask first, then image). Generated
+    # images keep their conditioning mask as their label.
+    masks: Literal["deformed", "real", "generated"] = "deformed"
+    deform: DeformParams = DeformParams()

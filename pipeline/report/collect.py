@@ -17,8 +17,10 @@ from typing import Any
 
 from PIL import Image
 
+from pipeline.augment.segment.reading import answer, rows_from_metrics
 from pipeline.params.sanity import SANITY_DATASETS
 from pipeline.report.render import csv_rows, data_uri, markdown_html
+from pipeline.report.summary import profile_text
 from pipeline.sanity.seeds import seed_dirs
 
 NOT_PRODUCED = "not produced by this run"
@@ -228,6 +230,40 @@ def segment_section(segment_dir: Path) -> dict:
     }
 
 
+def summary_section(segment_dir: Path, params: dict[str, Any]) -> dict:
+    """Return the report's opening: the profile paragraph, the forest plot and the answer.
+
+    ``params`` is the run shape of the provenance (profile, image size, budgets, CI level).
+    Without segmentation output the opening says so instead of an answer.
+    """
+    metrics = segment_dir / "metrics.json"
+    text = None
+    if metrics.is_file():
+        record = read_json(metrics)
+        try:
+            text = answer(rows_from_metrics(record), params.get("ci_level") or 95)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"{metrics}: not a segmentation metrics record ({exc!r})") from None
+    forest = image(
+        segment_dir / "forest.png",
+        "Forest plot: each condition's test Dice minus real+classical's, paired per patient, "
+        "with its CI; one panel per training size",
+    )
+    produced = bool(forest or text)
+    return {
+        "id": "summary",
+        "title": "What this run shows",
+        "produced": produced,
+        "profile": profile_text(params),
+        "forest": forest,
+        "answer": text,
+        "reason": ""
+        if produced
+        else f"No segmentation output in this run (nothing in {segment_dir}), so there is no "
+        "answer to the question whether synthetic data beats classical augmentation.",
+    }
+
+
 @dataclass(frozen=True)
 class Inputs:
     """The stage output folders the report reads (each an argument of ``gvae report``)."""
@@ -236,7 +272,7 @@ class Inputs:
     train_runs: Path  # <dataset>/<model>/s<seed>/samples/step-*.png (gvae train)
     ct_quality: Path  # <set>/grid.png, memorization.json (gvae ct-quality)
     ct_quality_report: Path  # table.md, table.csv (gvae ct-quality-report)
-    segment: Path  # table.md, results.csv, metrics.json, dice_vs_size.png (gvae segment)
+    segment: Path  # table.md, results.csv, metrics.json, *.png (gvae segment)
 
 
 def build_context(
@@ -261,6 +297,7 @@ def build_context(
     sections = [*sanity, ct["quality"], ct["memorization"], segmentation]
     return {
         "title": "GVAE pipeline: run report",
+        "summary": summary_section(inputs.segment, provenance["params"]),
         "toc": [{"id": s["id"], "title": s["title"], "produced": s["produced"]} for s in sections],
         "sanity": sanity,
         "ct_quality": ct["quality"],

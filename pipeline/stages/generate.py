@@ -25,10 +25,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="RUN holds f<fraction> runs (train --each-fraction): one set each, OUT/f<fraction>",
     )
-
-
-
-
+    parser.add_argument(
+        "--masks-from",
+        type=Path,
+        default=None,
+        help="generate.masks: generated: a joint model's generate output (with --each-fraction "
+        "its f<fraction> sets) whose masks a mask-conditioned model draws images for",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -41,12 +44,16 @@ def main(args: argparse.Namespace) -> int:
     if args.each_fraction:
         fractions = load_section(args.params, "segment").fractions
         pairs = [
-            (args.run / fraction_dirname(f), args.out / fraction_dirname(f)) for f in fractions
+            (args.run / fraction_dirname(f), args.out / fraction_dirname(f), fraction_dirname(f))
+            for f in fractions
         ]
     else:
-        pairs = [(args.run, args.out)]
-    for run_dir, out in pairs:
-        s = run(params, run_dir, out, n, seed)
+        pairs = [(args.run, args.out, None)]
+    for run_dir, out, sub in pairs:
+        masks_from = args.masks_from
+        if masks_from is not None and sub is not None:
+            masks_from = masks_from / sub
+        s = run(params, run_dir, out, n, seed, masks_from)
         dropped = ", ".join(f"{k} {v}" for k, v in s["dropped_by_kind"].items() if v)
         note = " (SHORT of the requested n: most masks were dropped)" if s["short"] else ""
         print(

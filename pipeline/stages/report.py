@@ -2,7 +2,9 @@
 
 Reads the outputs of ``tables``, ``train``, ``ct-quality``, ``ct-quality-report`` and
 ``segment`` (each folder an option, defaulting to where ``dvc.yaml`` puts it) and writes one
-HTML file with every table, sample grid and plot inlined (base64 data URIs, inline CSS, no
+HTML file that opens with the run's profile and what it is good for, the segmentation forest
+plot and the answer computed from its metrics, then every table, sample grid and plot inlined
+(base64 data URIs, inline CSS, no
 external URL), the memorization summary, and provenance: git commit and dirtiness, the SHA-256
 of the params file, and the md5 of each stage output recorded in ``dvc.lock``. Sections whose
 inputs are absent say "not produced by this run". Core: ``pipeline.report``.
@@ -26,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         ("--train-runs", "data/models", "folder of <dataset>/<model>/s<seed>/samples/step-*.png"),
         ("--ct-quality", "data/ct/quality", "folder of <set>/grid.png, memorization.json"),
         ("--ct-quality-report", "data/ct/quality_report", "folder of table.md, table.csv"),
-        ("--segment", "data/ct/segment", "folder of table.md, results.csv, dice_vs_size.png"),
+        ("--segment", "data/ct/segment", "folder of table.md, metrics.json, forest.png, ..."),
     )
     for flag, default, help_ in folders:
         parser.add_argument(flag, type=Path, default=Path(default), help=f"{help_} (%(default)s)")
@@ -53,15 +55,25 @@ def run(params: Path, inputs: Inputs, lock: Path, repo: Path, out: Path, shape: 
 
 
 def run_shape(params: Path) -> dict:
-    """Return what ``params`` says the run covers: profile, sanity datasets, models, CT models."""
+    """Return what ``params`` says the run covers: profile, sanity datasets, models, CT models,
+    and the scale the report's opening names (slice size, CT generator and UNet budgets, seeds,
+    CI level of the segmentation tables)."""
     from pipeline.params.loader import load_section, read_yaml
     from pipeline.params.models import load_params_models
 
+    ct = load_section(params, "ct")
+    segment = load_section(params, "segment")
     return {
         "profile": read_yaml(params).get("profile", "cpu"),
         "datasets": list(load_section(params, "mnist").datasets),
         "models": load_params_models(params),
-        "ct_models": list(load_section(params, "ct").models),
+        "ct_models": list(ct.models),
+        "image_size": load_section(params, "slices").size,
+        # ct.train is merged over the train section for CT runs: its steps win when given.
+        "ct_train_steps": ct.train.get("steps", load_section(params, "train").steps),
+        "segment_steps": segment.steps,
+        "segment_seeds": len(segment.seeds),
+        "ci_level": round(100 * (1 - segment.alpha)),
     }
 
 

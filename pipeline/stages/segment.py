@@ -121,6 +121,12 @@ def main(args: argparse.Namespace) -> int:
             f"  {row['condition']:<28} f={row['fraction']:<5g} Dice {row['dice']:.3f} "
             f"[{row['dice_lo']:.3f}, {row['dice_hi']:.3f}]  vs real {row['diff_vs_real']:+.3f}"
             f"  vs classical {row['diff_vs_classical']:+.3f}"
+            + (
+                f"  vs {row['best_control']} {row['diff_vs_control']:+.3f}"
+                f" [{row['diff_control_lo']:+.3f}, {row['diff_control_hi']:+.3f}]"
+                if row["best_control"]
+                else ""
+            )
         )
     print(
         f"gvae segment: {summary['runs']} runs ({summary['executed']} executed, "

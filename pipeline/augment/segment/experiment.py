@@ -7,7 +7,11 @@ fraction of the real training patients with one seed, and scores every test pati
 * ``real+classical``          the same, each sample through the classical MONAI augmentation;
 * ``real+syn:<m>``            real plus ``synthetic_ratio * n_real`` synthetic pairs of model m;
 * ``real+classical+syn:<m>``  both, classical augmentation on real and synthetic samples;
-* ``syn:<m>``                 synthetic only, ``max(synthetic_ratio, 1) * n_real`` pairs.
+* ``syn:<m>``                 synthetic only, ``max(synthetic_ratio, 1) * n_real`` pairs;
+* ``real+classical+carvemix``, ``real+classical+cutmix``: the mixing controls, real slices with
+  CarveMix / CutMix pastes between them (``pipeline.augment.segment.mixing``);
+* ``<syn kind>:<m>/<recipe>``  how the synthetic slices are used: ``mix`` (the default, the
+  lines above), ``pretrain`` or ``filter`` (``pipeline.augment.segment.recipes``).
 
 Every run takes the same number of optimizer steps, so conditions differ in what they see, not
 in how long they train. The real subset of a fraction is ``training_subset`` (nested, seeded,
@@ -39,14 +43,6 @@ from pipeline.params.segment import (
 SYN_SPLIT = "synthetic"
 SYN_PREFIX = "syn-"
 HELD_OUT = ("val", "test")
-
-
-
-
-
-
-
-
 
 
 def training_subset(
@@ -151,8 +147,12 @@ def synthetic_folder(
 
 
 def run_name(condition: str, fraction: float, seed: int) -> str:
-    """File stem of a run: ``real+syn-gvae__f0.25__s1`` (``:`` is not portable in names)."""
-    return f"{condition.replace(':', '-')}__f{float(fraction)}__s{seed}"
+    """File stem of a run: ``real+syn-gvae__f0.25__s1``, ``real+syn-gvae-filter__f1.0__s0``.
+
+    ``:`` is not portable in file names and ``/`` separates folders: both become ``-``.
+    """
+    stem = condition.replace(":", "-").replace("/", "-")
+    return f"{stem}__f{float(fraction)}__s{seed}"
 
 
 @dataclass(frozen=True)
@@ -208,11 +208,17 @@ class SyntheticSet:
 
 @dataclass
 class TrainingSet:
-    """What one run trains on; ``cases`` are the case ids of the samples actually used."""
+    """What one run trains on; ``cases`` are the case ids of the samples actually used.
+
+    ``synthetic`` flags the synthetic samples (the ``pretrain`` recipe trains on them first);
+    ``case_id`` is every sample's case.
+    """
 
     image: np.ndarray
     mask: np.ndarray
     augment: np.ndarray
+    synthetic: np.ndarray
+    case_id: np.ndarray
     cases: list[str]
     patients: list[str]
     n_real: int
@@ -261,6 +267,8 @@ def build_training_set(
         image=np.concatenate(images),
         mask=np.concatenate(masks),
         augment=np.full(len(case_arr), spec.condition.classical),
+        synthetic=np.arange(len(case_arr)) >= (n_real if spec.condition.real else 0),
+        case_id=case_arr,
         cases=sorted(set(case_arr.tolist())),
         patients=sorted(set(real_used.tolist())) if spec.condition.real else [],
         n_real=n_real if spec.condition.real else 0,

@@ -2,11 +2,13 @@
 
 The experiment's design (conditions, patient subsets, leakage guard, training sets) lives in
 ``pipeline.augment.segment.experiment``; the networks in ``pipeline.augment.segment.train``; the
-tables in
+mixing controls in ``pipeline.augment.segment.mixing``; the usage recipes (mix, pretrain,
+filter) in ``pipeline.augment.segment.recipes``; the tables in
 ``pipeline.augment.segment.results``. Output folder::
 
     runs/<condition>__f<fraction>__s<seed>.json   one per run, written as soon as it finishes
-    metrics.json results.csv table.md dice_vs_size.png   (pipeline.augment.segment.results)
+    metrics.json results.csv table.md                 (pipeline.augment.segment.results)
+    dice_vs_size.png forest.png                       (pipeline.augment.segment.plots)
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import json
 import multiprocessing
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -37,7 +39,7 @@ from pipeline.augment.segment.experiment import (
     training_subset,
 )
 from pipeline.io.shards import INDEX_NAME, load_slices, read_index
-from pipeline.params.segment import SegmentParams
+from pipeline.params.segment import Condition, SegmentParams
 
 
 def load_dataset(slices_dir: Path) -> Dataset:
@@ -55,19 +57,34 @@ def load_dataset(slices_dir: Path) -> Dataset:
     )  # fmt: skip
 
 
-def fingerprint(params: SegmentParams, data: Dataset, syn_index: Mapping | None) -> str:
+# Settings read by some conditions only: the mixing controls, the pretrain and filter recipes.
+CONDITION_SETTINGS = ("mixing", "pretrain", "filter")
+
+
+def fingerprint(
+    params: SegmentParams,
+    data: Dataset,
+    syn_index: Mapping | None,
+    condition: Condition | None = None,
+) -> str:
     """Hash of everything that decides a run's result, for ``--resume`` to trust a run JSON.
 
     Covers the params that shape training, the real slices' ``index.json`` and the synthetic
     folder's (their split lists, shard lists and generator source). Threads stay in (the float
     summation order, hence the weights, depends on them); grid lists, statistics and the number
     of worker processes are left out, so adding a seed or a condition does not invalidate the
-    runs already done.
+    runs already done. The settings of ``CONDITION_SETTINGS`` count only for the ``condition``
+    that reads them, so a run made before they existed keeps its fingerprint and a new
+    ``filter.min_dice`` reruns the filter runs only.
     """
+    used = set()
+    if condition is not None:
+        used = {"mixing"} if condition.control else {condition.recipe}
     keep = params.model_dump(
         mode="json",
         exclude={"conditions", "models", "fractions", "seeds", "n_boot", "alpha",
-                 "boot_seed", "eval_batch_size", "workers"},
+                 "boot_seed", "eval_batch_size", "workers",
+                 *(set(CONDITION_SETTINGS) - used)},
     )  # fmt: skip
     blob = {
         "params": keep,
@@ -101,19 +118,40 @@ def load_synthetic(folder: Path, data: Dataset) -> SyntheticSet:
 
 
 def run_one(
-    spec: RunSpec, data: Dataset, syn: SyntheticSet | None, params: SegmentParams, fp: str
+    spec: RunSpec,
+    data: Dataset,
+    syn: SyntheticSet | None,
+    params: SegmentParams,
+    fp: str,
+    networks: MutableMapping | None = None,
 ) -> dict:
     """Train and score one run; return its JSON record. Checks leakage before training.
 
     The record holds per-patient ``dice``/``hd95``/``slices``, the real patients used, the
-    numbers of real and synthetic training slices and ``seconds`` (training + scoring).
+    numbers of real and synthetic training slices and ``seconds`` (training + scoring); a
+    ``filter`` run its ``filter`` entry (scored, kept, kept share, the UNet's patients), a
+    ``pretrain`` run its ``phase_steps``, a control its ``mixing`` entry (source patients,
+    pastes). ``networks`` shares the ``real`` runs' networks with the filter runs.
     """
-    from pipeline.augment.segment.train import evaluate_patients, predict, train_segmenter
+    from pipeline.augment.segment.recipes import filter_synthetic, training_phases
+    from pipeline.augment.segment.train import evaluate_patients, predict, train_phases
 
     start = time.perf_counter()
+    extra: dict = {}
+    if spec.condition.recipe == "filter" and syn is not None:
+        syn, extra["filter"] = filter_synthetic(spec, data, syn, params, networks)
     ts = build_training_set(spec, data, syn, params)
-    check_leakage(ts.cases, held_out_cases(data))
-    result = train_segmenter(ts.image, ts.mask, ts.augment, params, spec.seed)
+    phases, mixer = training_phases(spec, ts, params)
+    # The carve/cut sources are training data too: the guard covers them with the samples.
+    check_leakage([*ts.cases, *(mixer.sources if mixer else [])], held_out_cases(data))
+    result = train_phases(phases, params, spec.seed)
+    if networks is not None and spec.condition.name == "real":
+        networks[(spec.fraction, spec.seed)] = result.model
+    if spec.condition.recipe == "pretrain":
+        extra["phase_steps"] = dict(zip([p.name for p in phases], result.phase_steps, strict=True))
+    if mixer is not None:
+        extra["mixing"] = {"control": mixer.kind, "sources": mixer.sources,
+                           "pasted": mixer.pasted}  # fmt: skip
     pred = predict(result.model, data.test_image, params.eval_batch_size)
     patients = evaluate_patients(pred, data.test_mask, data.test_case, data.pixel_mm)
     return {
@@ -130,6 +168,7 @@ def run_one(
         "n_synthetic": ts.n_synthetic,
         "synthetic_folder": None if syn is None else str(syn.folder),
         "synthetic_pool": None if syn is None else len(syn.image),
+        **extra,
         "final_loss": result.final_loss,
         "train_seconds": round(result.seconds, 2),
         "seconds": round(time.perf_counter() - start, 2),
@@ -181,6 +220,25 @@ def prepare(
                 f"--synthetic {model}@{spec.fraction:g}=DIR for a generator of that subset"
             )
     return out
+
+
+def _run_notes(record: Mapping) -> str:
+    """What the stage log says about a run beyond its Dice: replacement, filter, phases, pastes."""
+    notes = ""
+    if record["n_synthetic"] > (record["synthetic_pool"] or 0) > 0:
+        notes += f"; synthetic drawn with replacement from {record['synthetic_pool']}"
+    if "filter" in record:
+        f = record["filter"]
+        notes += (
+            f"; filter kept {f['kept']} of {f['scored']} ({f['kept_share']:.0%}) at Dice >= "
+            f"{f['min_dice']:g}, UNet {f['network']}"
+        )
+    if "phase_steps" in record:
+        notes += "; steps " + " then ".join(f"{n} {k}" for k, n in record["phase_steps"].items())
+    if "mixing" in record:
+        m = record["mixing"]
+        notes += f"; {m['control']} pasted into {m['pasted']} samples"
+    return notes
 
 
 def _trained_on(index: Mapping) -> list[str]:
@@ -243,14 +301,19 @@ def run_experiment(
     runs_dir.mkdir(exist_ok=True)
     records: list[dict] = []
     executed = missing = 0
+    # The real runs' networks, for the filter runs of the same fraction; only when there are.
+    filters = any(c.recipe == "filter" for c in {s.condition for s in plan_runs(params)})
+    networks: dict | None = {} if filters else None
     if params.workers > 1 and shard is None and not aggregate_only:
         executed = _run_in_workers(params, slices_dir, out_dir, synthetic)
         resume = aggregate_only = True  # below: read what the workers wrote, run nothing
     for position, spec in enumerate(plan_runs(params)):
         if shard is not None and position % shard[1] != shard[0]:
             continue
+        if networks and next(iter(networks))[0] != spec.fraction:
+            networks.clear()  # the plan is ordered by fraction: those networks are done
         syn = syn_sets.get((spec.condition.model, spec.fraction))
-        fp = fingerprint(params, data, None if syn is None else syn.index)
+        fp = fingerprint(params, data, None if syn is None else syn.index, spec.condition)
         path = runs_dir / f"{spec.name}.json"
         record = read_run(path, fp) if resume else None
         if record is None and aggregate_only:
@@ -258,12 +321,10 @@ def run_experiment(
             log(f"segment: {spec.name}: not run (aggregate only)")
             continue
         if record is None:
-            record = run_one(spec, data, syn, params, fp)
+            record = run_one(spec, data, syn, params, fp, networks)
             write_json(path, record)
             executed += 1
-            how = f"{record['seconds']:.1f} s on {record['device']}"
-            if record["n_synthetic"] > (record["synthetic_pool"] or 0) > 0:
-                how += f"; synthetic drawn with replacement from {record['synthetic_pool']}"
+            how = f"{record['seconds']:.1f} s on {record['device']}" + _run_notes(record)
         else:
             how = "resumed"
         records.append(record)

@@ -1,11 +1,13 @@
-"""Aggregate the segmentation runs: per-patient means over seeds, bootstrap CIs, tables, plot.
+"""Aggregate the segmentation runs: per-patient means over seeds, bootstrap CIs, tables, plots.
 
 For each (condition, fraction): every test patient's Dice is averaged over the seeds first (the
 seeds measure training noise, the patients the population), then the mean over patients gets a
-percentile-bootstrap CI (``pipeline.augment.segment.stats``). The differences to ``real`` and to
-``real+classical`` at the same fraction are paired per patient: synthetic data has to beat
-classical augmentation, not only real-only training. HD95 is aggregated the same way, ignoring
-NaNs (a patient with no slice where both prediction and ground truth are non-empty has no HD95).
+percentile-bootstrap CI (``pipeline.augment.segment.stats``). The differences to ``real``, to
+``real+classical`` and to the best mixing control (CarveMix or CutMix, the one with the higher
+mean Dice) at the same fraction are paired per patient: synthetic data has to beat classical
+augmentation and a cheap mixing control, not only real-only training. HD95 is aggregated the same
+way, ignoring NaNs (a patient with no slice where both prediction and ground truth are non-empty
+has no HD95).
 """
 
 from __future__ import annotations
@@ -15,26 +17,29 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from common.atomic import atomic_path, write_json
+from pipeline.augment.segment.plots import conditional_models, plot_dice_vs_size, plot_forest
+from pipeline.augment.segment.reading import CLASSICAL
 from pipeline.augment.segment.stats import bootstrap_ci, paired_difference
 from pipeline.io.tables import cell, csv_text, is_missing, markdown, raw
-from pipeline.params.segment import SegmentParams
+from pipeline.params.segment import CONTROL_KINDS, SegmentParams
 
 BASELINE = "real"
-CLASSICAL = "real+classical"  # the second baseline: classical augmentation alone
+# CLASSICAL (real+classical, imported): the second baseline, classical augmentation alone
+CONTROL = "best control"  # the third: the best mixing control at the fraction, by mean Dice
 # Each baseline's (difference, lo, hi) columns.
 DIFF_COLUMNS = {
     BASELINE: ("diff_vs_real", "diff_lo", "diff_hi"),
     CLASSICAL: ("diff_vs_classical", "diff_classical_lo", "diff_classical_hi"),
+    CONTROL: ("diff_vs_control", "diff_control_lo", "diff_control_hi"),
 }
 COLUMNS = (
     "condition", "fraction", "n_train_patients", "n_patients", "n_seeds", "n_real",
     "n_synthetic", "dice", "dice_lo", "dice_hi", "diff_vs_real", "diff_lo", "diff_hi",
     "diff_vs_classical", "diff_classical_lo", "diff_classical_hi",
     "hd95_mm", "hd95_lo", "hd95_hi", "seconds",
+    "best_control", "diff_vs_control", "diff_control_lo", "diff_control_hi", "filter_kept_share",
 )  # fmt: skip
 
 
@@ -63,12 +68,40 @@ def _paired(
     return paired_difference([dice[c] for c in cases], [ref[c] for c in cases], **ci)
 
 
+def best_controls(groups: dict[tuple[str, float], list[dict]]) -> dict[float, str]:
+    """``{fraction: name}`` of the mixing control with the highest mean Dice at each fraction.
+
+    The mean is over patients of the seed-averaged Dice (the table's ``dice``); a tie goes to
+    the first name in sorted order. Fractions without a control are absent.
+    """
+    best: dict[float, tuple[float, str]] = {}
+    for (cond, frac), runs in sorted(groups.items()):
+        if cond not in CONTROL_KINDS:
+            continue
+        mean = float(np.nanmean(list(per_patient(runs, "dice").values())))
+        if frac not in best or mean > best[frac][0]:
+            best[frac] = (mean, cond)
+    return {f: name for f, (_, name) in best.items()}
+
+
+def _kept_share(runs: list[dict]) -> float:
+    """Mean over seeds of a filter run's kept share of synthetic slices; NaN for other runs."""
+    shares = [r["filter"]["kept_share"] for r in runs if "filter" in r]
+    return float(np.mean(shares)) if shares else math.nan
+
+
 def aggregate(records: list[dict], params: SegmentParams) -> list[dict]:
-    """One row per (condition, fraction) in run order; see ``COLUMNS``."""
+    """One row per (condition, fraction) in run order; see ``COLUMNS``.
+
+    Each row's differences against ``real``, ``real+classical`` and the fraction's best
+    mixing control (``best_controls``) are paired per patient; NaN where that baseline did
+    not run at the fraction.
+    """
     groups: dict[tuple[str, float], list[dict]] = {}
     for r in records:
         groups.setdefault((r["condition"], r["fraction"]), []).append(r)
     ci = {"n_boot": params.n_boot, "alpha": params.alpha, "seed": params.boot_seed}
+    controls = best_controls(groups)
     rows = []
     for (cond, frac), runs in groups.items():
         dice = per_patient(runs, "dice")
@@ -77,10 +110,12 @@ def aggregate(records: list[dict], params: SegmentParams) -> list[dict]:
         d, d_lo, d_hi = bootstrap_ci([dice[c] for c in cases], **ci)
         h, h_lo, h_hi = bootstrap_ci([hd[c] for c in cases], **ci)
         diff = {}
+        names = {BASELINE: BASELINE, CLASSICAL: CLASSICAL, CONTROL: controls.get(frac)}
         for base, keys in DIFF_COLUMNS.items():
             paired = _paired(
-                dice, cases, groups.get((base, frac)), ci, f"{cond} and {base} at f={frac}"
-            )
+                dice, cases, groups.get((names[base], frac)), ci,
+                f"{cond} and {names[base]} at f={frac}",
+            )  # fmt: skip
             diff.update(zip(keys, paired, strict=True))
         rows.append(
             {
@@ -95,6 +130,8 @@ def aggregate(records: list[dict], params: SegmentParams) -> list[dict]:
                 **diff,
                 "hd95_mm": h, "hd95_lo": h_lo, "hd95_hi": h_hi,
                 "seconds": float(np.mean([r.get("seconds", math.nan) for r in runs])),
+                "best_control": controls.get(frac),
+                "filter_kept_share": _kept_share(runs),
             }
         )  # fmt: skip
     return rows
@@ -127,27 +164,45 @@ def _with_ci(r: dict, keys: tuple[str, str, str], digits: int = 3) -> str:
     return f"{value} [{lo}, {hi}]"
 
 
+def _slices_cell(r: dict) -> str:
+    """``real / syn`` slices, with a filter's kept share: ``12 / 12 (kept 40%)``."""
+    kept = r.get("filter_kept_share", math.nan)
+    share = "" if is_missing(kept, finite=True) else f" (kept {kept:.0%})"
+    return f"{r['n_real']} / {r['n_synthetic']}{share}"
+
+
+def _control_cell(r: dict) -> str:
+    """The difference against the best control with its CI and the control's short name."""
+    name = r.get("best_control")
+    short = f" ({name.rpartition('+')[2]})" if name else ""
+    return _with_ci(r, DIFF_COLUMNS[CONTROL]) + short
+
+
 def table_markdown(rows: list[dict], params: SegmentParams) -> str:
     """A readable markdown table of ``rows`` with the CI level stated."""
     level = round(100 * (1 - params.alpha))
     intro = (
         f"Test-set pancreas Dice per condition and training fraction: mean over patients of the "
         f"seed-averaged per-patient Dice, {level}% percentile-bootstrap CI over patients "
-        f"({params.n_boot} resamples); differences paired per patient against `{BASELINE}` "
-        f"and `{CLASSICAL}`."
+        f"({params.n_boot} resamples); differences paired per patient against `{BASELINE}`, "
+        f"`{CLASSICAL}` and the best mixing control at the fraction (CarveMix or CutMix, by mean "
+        "Dice; named in brackets). A filter row's synthetic count is followed by the share of "
+        "the synthetic slices its filter kept."
     )
     header = [
         "condition", "fraction", "train patients", "test patients", "seeds", "real / syn slices",
         f"Dice [{level}% CI]", f"Dice - real [{level}% CI]",
-        f"Dice - real+classical [{level}% CI]", f"HD95 mm [{level}% CI]",
+        f"Dice - real+classical [{level}% CI]", f"Dice - best control [{level}% CI]",
+        f"HD95 mm [{level}% CI]",
     ]  # fmt: skip
     body = [
         [
             f"{r['condition']}", f"{r['fraction']:g}", f"{r['n_train_patients']}",
-            f"{r['n_patients']}", f"{r['n_seeds']}", f"{r['n_real']} / {r['n_synthetic']}",
+            f"{r['n_patients']}", f"{r['n_seeds']}", _slices_cell(r),
             _with_ci(r, ("dice", "dice_lo", "dice_hi")),
             _with_ci(r, DIFF_COLUMNS[BASELINE]),
             _with_ci(r, DIFF_COLUMNS[CLASSICAL]),
+            _control_cell(r),
             _with_ci(r, ("hd95_mm", "hd95_lo", "hd95_hi"), digits=1),
         ]
         for r in rows
@@ -160,31 +215,7 @@ def results_csv(rows: list[dict]) -> str:
     return csv_text(COLUMNS, [[raw(r[k], finite=True) for k in COLUMNS] for r in rows])
 
 
-def plot_dice_vs_size(rows: list[dict], dest: Path, level: int = 95) -> None:
-    """Dice vs number of training patients, one line per condition with its CI band."""
-    fig = Figure(figsize=(7.5, 4.8), dpi=110, layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for cond in dict.fromkeys(r["condition"] for r in rows):
-        pts = sorted((r for r in rows if r["condition"] == cond), key=lambda r: r["fraction"])
-        x = [r["n_train_patients"] for r in pts]
-        y = np.array([r["dice"] for r in pts], float)
-        lo = np.array([r["dice_lo"] for r in pts], float)
-        hi = np.array([r["dice_hi"] for r in pts], float)
-        (line,) = ax.plot(x, y, marker="o", label=cond)
-        ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15, linewidth=0)
-        # With one fraction a band has no width: show the interval as an error bar too.
-        ax.errorbar(x, y, yerr=[y - lo, hi - y], fmt="none", ecolor=line.get_color(), capsize=3)
-    ax.set_xlabel("real training patients")
-    ax.set_ylabel(f"test Dice (mean over patients, {level}% CI)")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    with atomic_path(dest) as tmp:
-        fig.savefig(tmp, format="png")
-
-
-OUTPUTS = ("metrics.json", "results.csv", "table.md", "dice_vs_size.png")
+OUTPUTS = ("metrics.json", "results.csv", "table.md", "dice_vs_size.png", "forest.png")
 
 
 def write_results(records: list[dict], params: SegmentParams, out_dir: Path) -> list[dict]:
@@ -195,5 +226,8 @@ def write_results(records: list[dict], params: SegmentParams, out_dir: Path) -> 
     for name, text in texts.items():
         with atomic_path(out_dir / name) as tmp:
             tmp.write_text(text)
-    plot_dice_vs_size(rows, out_dir / "dice_vs_size.png", round(100 * (1 - params.alpha)))
+    level = round(100 * (1 - params.alpha))
+    conditional = conditional_models(r["condition"] for r in rows)
+    plot_dice_vs_size(rows, out_dir / "dice_vs_size.png", level, conditional)
+    plot_forest(rows, out_dir / "forest.png", level, conditional)
     return rows

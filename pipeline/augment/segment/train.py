@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,7 +88,7 @@ def classical_augmentation(cfg: ClassicalAugmentParams, seed: int) -> Compose:
     return pipeline
 
 
-def batch_indices(n: int, batch_size: int, seed: int) -> Iterator[np.ndarray]:
+def batch_indices(n: int, batch_size: int, seed: int | list[int]) -> Iterator[np.ndarray]:
     """Yield batches of sample indices forever: seeded epochs, each a fresh permutation.
 
     Every sample is seen once per epoch, so a run of ``steps`` steps is reproducible and its
@@ -137,11 +137,29 @@ def augment_batch(pipe: Compose, image: np.ndarray, mask: np.ndarray, flags: np.
 
 @dataclass(frozen=True)
 class TrainResult:
-    """A trained network and what it cost."""
+    """A trained network, what it cost, and the optimizer steps of each phase."""
 
     model: torch.nn.Module
     final_loss: float
     seconds: float
+    phase_steps: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A stretch of training on one set of samples.
+
+    ``augment`` (bool ``(N,)``) flags the samples that get the classical augmentation;
+    ``mixer`` (``pipeline.augment.segment.mixing.Mixer``), when given, is called as
+    ``mixer(idx, image, mask)`` on every batch before that augmentation.
+    """
+
+    name: str
+    image: np.ndarray
+    mask: np.ndarray
+    augment: np.ndarray
+    steps: int
+    mixer: Callable | None = None
 
 
 def train_segmenter(
@@ -150,18 +168,31 @@ def train_segmenter(
     augment: np.ndarray,
     params: SegmentParams,
     seed: int,
+    mixer: Callable | None = None,
 ) -> TrainResult:
     """Train a UNet for ``params.steps`` Adam steps on ``(N, 1, S, S)`` images and masks.
 
-    ``augment`` is a bool ``(N,)``: which samples get the classical augmentation. ``seed``
-    fixes the initial weights, the batch order and the augmentation draws. The loss is
+    ``augment`` is a bool ``(N,)``: which samples get the classical augmentation; ``mixer`` an
+    optional CarveMix/CutMix applied before it. One phase of :func:`train_phases`.
+    """
+    return train_phases([Phase("train", image, mask, augment, params.steps, mixer)], params, seed)
+
+
+def train_phases(phases: Sequence[Phase], params: SegmentParams, seed: int) -> TrainResult:
+    """Train one UNet through ``phases`` in order, one optimizer for all of them.
+
+    ``seed`` fixes the initial weights, the batch order and the augmentation draws. The loss is
     ``DiceCELoss(sigmoid=True, batch=True)``: with ``batch=True`` Dice is pooled over the whole
     batch, so the ~0.5%-of-a-slice pancreas and pancreas-free slices do not pull the soft Dice
     of each sample towards an all-background optimum (Milletari et al. 2016, eq. 1, summed
-    over the batch). On CUDA the forward pass runs in bf16 autocast.
+    over the batch). One Adam and one learning-rate schedule span the phases: a ``pretrain``
+    run differs from a ``mix`` run in the order of what it sees, not in its optimizer. On CUDA
+    the forward pass runs in bf16 autocast. Returns the network (eval mode), the last loss,
+    the seconds and the steps taken per phase.
     """
-    if len(image) != len(mask) or len(image) != len(augment):
-        raise ValueError("image, mask and augment need the same number of samples")
+    for ph in phases:
+        if len(ph.image) != len(ph.mask) or len(ph.image) != len(ph.augment):
+            raise ValueError(f"phase {ph.name}: image, mask and augment differ in length")
     device = resolve_device(params.device)  # the generators' rule: one device policy
     if params.threads is not None:
         # Also on CUDA: the per-sample augmentation runs on the CPU, and tiny ops on many
@@ -170,33 +201,42 @@ def train_segmenter(
     torch.manual_seed(seed)
     model = build_unet(params.unet).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    total = sum(ph.steps for ph in phases)
     sched = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=params.steps)
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
         if params.schedule == "cosine"
         else None
     )
     loss_fn = DiceCELoss(sigmoid=True, batch=True)
     pipe = classical_augmentation(params.augment, seed)
-    batches = batch_indices(len(image), params.batch_size, seed)
     use_amp = device.type == "cuda"
     start = time.perf_counter()
     model.train()
     loss_value = float("nan")
-    for _ in range(params.steps):
-        idx = next(batches)
-        img, msk = augment_batch(pipe, image[idx], mask[idx], augment[idx])
-        img, msk = img.to(device), msk.to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            logits = model(img)  # (B, 1, S, S)
-        loss = loss_fn(logits.float(), msk)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if sched is not None:
-            sched.step()
-        loss_value = float(loss.detach())
+    done = []
+    for k, ph in enumerate(phases):
+        # The first phase's batch order is the single-phase one, so a one-phase run is the
+        # run this function made before phases existed (same seed, same weights).
+        batches = batch_indices(len(ph.image), params.batch_size, seed if k == 0 else [seed, k])
+        for _ in range(ph.steps):
+            idx = next(batches)
+            img_np, msk_np = ph.image[idx], ph.mask[idx]
+            if ph.mixer is not None:
+                img_np, msk_np = ph.mixer(idx, img_np, msk_np)
+            img, msk = augment_batch(pipe, img_np, msk_np, ph.augment[idx])
+            img, msk = img.to(device), msk.to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                logits = model(img)  # (B, 1, S, S)
+            loss = loss_fn(logits.float(), msk)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            loss_value = float(loss.detach())
+        done.append(ph.steps)
     model.eval()
-    return TrainResult(model, loss_value, time.perf_counter() - start)
+    return TrainResult(model, loss_value, time.perf_counter() - start, tuple(done))
 
 
 @torch.no_grad()
@@ -227,6 +267,22 @@ def patient_dice(pred: np.ndarray, gt: np.ndarray) -> float:
         raise ValueError(f"prediction {tuple(pred.shape)} and mask {tuple(gt.shape)} differ")
     metric = DiceMetric(include_background=True, reduction="none", ignore_empty=False)
     return float(metric(p.float(), g.float())[0, 0])
+
+
+def slice_dice(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """Dice of every slice, float64 ``(N,)``: ``2|P & G| / (|P| + |G|)`` per ``(1, S, S)`` slice.
+
+    The conventions of :func:`patient_dice` per slice: both empty is 1, an empty mask with any
+    predicted pixel is 0.
+    """
+    p = np.asarray(pred).reshape(len(pred), -1) > 0
+    g = np.asarray(gt).reshape(len(gt), -1) > 0
+    if p.shape != g.shape:
+        raise ValueError(f"prediction {tuple(pred.shape)} and mask {tuple(gt.shape)} differ")
+    inter = (p & g).sum(1).astype(np.float64)
+    denom = (p.sum(1) + g.sum(1)).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denom > 0, 2 * inter / denom, 1.0)
 
 
 def patient_hd95(pred: np.ndarray, gt: np.ndarray, pixel_mm: float) -> float:

@@ -1,0 +1,50 @@
+"""The report's opening: what the run's profile is good for, and the segmentation answer.
+
+A reader needs three things before any table: whether this run is evidence at all (the default
+``cpu`` profile is a smoke-scale run that shows the pipeline works, and at its image size and
+budget an "effect" is noise), the forest plot, and one paragraph saying whether any synthetic
+condition beat ``real+classical``. The paragraph is computed from the segment stage's
+``metrics.json`` (``pipeline.augment.segment.reading.answer``), never written by hand.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# What each profile's numbers can carry. The sizes and budgets come from the run's params.
+PURPOSE = {
+    "cpu": (
+        "a smoke-scale run that shows the pipeline works end to end, not evidence: at this image "
+        "size and budget, with this few patients and seeds, a difference between conditions "
+        "(even one whose CI excludes 0) says nothing about the methods. For evidence run the "
+        "full profile (CPU, hours) or the paper profile (GPU)."
+    ),
+    "full": (
+        "the complete CT grid on CPU: evidence at CPU scale, for these small generators; read "
+        "every difference with its CI."
+    ),
+    "paper": "the GPU-scale run, at the paper's image size and budgets: the run to quote.",
+}
+
+
+def _budget(params: dict[str, Any]) -> str:
+    """``32 px slices, 80 generator steps, 300 UNet steps, 1 seed``: what the params give."""
+    parts = []
+    if params.get("image_size"):
+        parts.append(f"{params['image_size']} px slices")
+    if params.get("ct_train_steps"):
+        parts.append(f"{params['ct_train_steps']} generator training steps")
+    if params.get("segment_steps"):
+        parts.append(f"{params['segment_steps']} UNet steps per run")
+    seeds = params.get("segment_seeds")
+    if seeds:
+        parts.append(f"{seeds} seed{'' if seeds == 1 else 's'} per condition")
+    return ", ".join(parts)
+
+
+def profile_text(params: dict[str, Any]) -> dict[str, str]:
+    """The run's profile ``name``, its ``scale`` (sizes and budgets, may be empty) and what its
+    numbers are good for (``purpose``): the template writes them as one paragraph."""
+    name = params.get("profile") or "cpu"
+    purpose = PURPOSE.get(name, "a custom profile: judge its scale from the settings below.")
+    return {"name": name, "scale": _budget(params), "purpose": purpose}
