@@ -8,7 +8,12 @@ label voxel on the grid; HU inside the label that are not soft tissue, a warning
 ``strict``, an error), ``<out>/<case_id>/image.nii.gz`` (int16 HU, RAS affine) and
 ``label.nii.gz`` (uint8, same grid) swapped in atomically per case, worker processes, and
 ``<out>/manifest.json``. A bad case becomes an "error" row naming the file and the problem and
-never stops the others.
+never stops the others; where the problem is invalid header values or damaged files, the row's
+"problems" lists one line each (file, attribute, value), printed one per line on stderr too.
+Warnings of the read (defaults taken, files passed over, a label grid that ends inside the
+organ: ``label_coverage``) and of the HU check join in the row's "warning"; Python warnings
+raised while reading become lines of it too, never raw stderr. With ``strict`` every warning
+is an error and the case is not written.
 
 Labels are placed by geometry, so a label re-saved in another voxel order, cropped or resampled
 lands on the same anatomy. TCIA's own labels carry the DICOM geometry: on PANCREAS_0001 the
@@ -26,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
@@ -39,6 +44,8 @@ from pipeline.cohort.label_checks import implausible_hu, label_hu_stats
 from pipeline.cohort.sources.base import CohortSource
 from pipeline.cohort.sources.registry import source_class
 from pipeline.cohort.sources.tcia import TciaCase, TciaSource
+from pipeline.io.dicom_file import library_warnings
+from pipeline.io.dicom_geometry import SeriesError, check_affine
 from pipeline.io.nifti import write_nifti
 from pipeline.params.loader import IngestParams
 
@@ -88,10 +95,37 @@ def manifest_row(case_id: str, **fields: Any) -> dict[str, Any]:
 
 def error_row(case_id: str, case_out: Path, exc: BaseException, digest: str | None) -> dict:
     """Return the "error" manifest row of a case that failed with ``exc``, after removing its
-    output folder: a stale folder from an earlier run would contradict the manifest."""
+    output folder: a stale folder from an earlier run would contradict the manifest.
+
+    When ``exc`` carries ``problems`` (one line per invalid header value or damaged file, each
+    naming the file, the attribute and the value) the row lists them under "problems"; rows
+    without any keep the keys every row has.
+    """
     message = str(exc) if isinstance(exc, (ValueError, OSError)) else repr(exc)
     shutil.rmtree(case_out, ignore_errors=True)
-    return manifest_row(case_id, status="error", error=message, source_sha256=digest)
+    row = manifest_row(case_id, status="error", error=one_line(message), source_sha256=digest)
+    problems = [one_line(p) for p in getattr(exc, "problems", ()) or ()]
+    if problems:
+        row["problems"] = problems
+    return row
+
+
+def one_line(text: str) -> str:
+    """``text`` with its line breaks folded into spaces: a library's multi-line message
+    (pylibjpeg's decoder errors) must stay one line of the manifest and of stderr."""
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def check_grid(affine: np.ndarray, where: Path) -> None:
+    """Raise ``ValueError`` naming ``where`` unless ``affine`` is a finite voxel-to-mm matrix
+    with perpendicular axes of positive length: the last guard, for every source, before a
+    volume is written (the DICOM reader checks its own affine more strictly, ``check_affine``).
+    """
+    spacing = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
+    try:
+        check_affine(affine, spacing, str(where), proper=False)
+    except SeriesError as exc:
+        raise ValueError(str(exc)) from exc
 
 
 
@@ -105,22 +139,27 @@ def check_and_write(
     label: np.ndarray,
     label_file: Path,
     params: IngestParams,
+    warnings: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Check the label on the CT grid and write ``case_out`` (image + label) atomically; return
-    the manifest fields ``label_voxels``, ``label_hu_mean``, ``label_hu_sd`` and ``warning``.
+    the manifest fields ``label_voxels``, ``label_hu_mean``, ``label_hu_sd`` and ``warning``
+    (``warnings`` from the read, then the HU check's, joined by "; ").
 
-    Raises ``ValueError`` naming ``label_file`` when no label voxel lands on the grid or, with
-    ``params.strict``, when the HU inside the label are not soft tissue.
+    Raises ``ValueError`` naming ``label_file`` when no label voxel lands on the grid, naming
+    ``case_out`` when the affine is no grid (``check_grid``) and, with ``params.strict``,
+    listing every warning: strict writes no case that needed one.
     """
     voxels = int(np.count_nonzero(label))
     if voxels == 0:
         raise ValueError(f"{label_file}: no label voxel lands on the CT grid")
+    check_grid(affine, case_out)
     mean, sd = label_hu_stats(hu, label)
-    warning = implausible_hu(mean, sd, params)
-    if warning is not None:
-        warning = f"{label_file}: {warning}"
-        if params.strict:
-            raise ValueError(f"{warning} (strict)")
+    hu_warning = implausible_hu(mean, sd, params)
+    found = [one_line(w) for w in warnings if w]
+    if hu_warning is not None:
+        found.append(f"{label_file}: {hu_warning}")
+    if found and params.strict:
+        raise ValueError(f"{'; '.join(found)} (strict)")
     with atomic_dir(case_out) as tmp:
         write_nifti(tmp / IMAGE_FILE, hu, affine)
         write_nifti(tmp / LABEL_FILE, label, affine)
@@ -128,25 +167,35 @@ def check_and_write(
         "label_voxels": voxels,
         "label_hu_mean": round(mean, 2),
         "label_hu_sd": round(sd, 2),
-        "warning": warning,
+        "warning": "; ".join(found) or None,
     }
 
 
 # ----------------------------------------------------------------------------- one case
 def ingest_one(source: CohortSource, case: Any, out_dir: Path) -> dict:
     """Ingest one case of ``source`` into ``out_dir/<case_id>``; return its manifest row
-    (never raises for bad input: the row is an "error" row naming the file)."""
+    (never raises for bad input: the row is an "error" row naming the file).
+
+    Python warnings raised while reading (pydicom, nibabel, numpy) never reach stderr: each
+    becomes a line of the case's warning naming the case folder (``library_warnings``).
+    """
     digest = None
     case_out = Path(out_dir) / case.case_id
     try:
         located = source.locate(case)
         digest = source_sha256(located.root, located.files, located.label)
-        volume = source.read(case, located.label)
+        leaked: list[str] = []
+        with library_warnings(leaked, located.root):
+            volume = source.read(case, located.label)
         checks = check_and_write(
-            case_out, volume.hu, volume.affine, volume.label, located.label, source.params
+            case_out,
+            volume.hu,
+            volume.affine,
+            volume.label,
+            located.label,
+            source.params,
+            [volume.warning, *leaked],
         )
-        warnings = [w for w in (volume.warning, checks["warning"]) if w]
-        checks["warning"] = "; ".join(warnings) or None
     except Exception as exc:  # noqa: BLE001 - any bad input must not stop the other cases
         return error_row(case.case_id, case_out, exc, digest)
     return manifest_row(
@@ -231,5 +280,9 @@ def _collect(row: dict, rows: list[dict], bar: tqdm) -> None:
     bar.update(1)
     if row["status"] != "ok":
         bar.write(f"ingest: {row['case_id']}: error: {row['error']}", file=sys.stderr)
+        problems = row.get("problems") or []
+        if problems != [row["error"]]:  # one problem that is the error itself: said once
+            for line in problems:
+                bar.write(f"ingest: {row['case_id']}:   {line}", file=sys.stderr)
     elif row["warning"]:
         bar.write(f"ingest: {row['case_id']}: warning: {row['warning']}", file=sys.stderr)

@@ -28,14 +28,27 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
 # LPS (DICOM patient frame, PS3.3 C.7.6.2.1.1) -> RAS (NIfTI scanner frame): negate x and y.
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 GEOMETRY_ATOL = 1e-4  # mm / cosine units: DS values are decimal strings, rounded on write
+# How far a direction cosine's length may stray from 1, and the dot product of the two cosines
+# from 0, before ImageOrientationPatient is refused (``dicom_validate``): scanners write 6
+# decimals or fewer.
+ORIENTATION_TOL = 1e-3
 
 
 class SeriesError(ValueError):
-    """A series cannot be read; the message names the offending file or folder."""
+    """A series cannot be read; the message names the offending file or folder.
+
+    ``problems`` holds one line per invalid header value (``dicom_validate``), each naming the
+    file, the attribute and the value, for the manifest row and stderr.
+    """
+
+    def __init__(self, message: str, problems: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.problems = tuple(problems)
 
 
 @dataclass(frozen=True)
@@ -53,6 +66,10 @@ class SeriesMeta:
     # slices, reason} and {file, reason}, for the manifest.
     skipped_series: tuple[dict, ...] = ()
     skipped_files: tuple[dict, ...] = ()
+    # What was read with a default or despite a defect (a missing RescaleIntercept read as 0, a
+    # library warning, a damaged file passed over by ``ingest.damaged_members: warn``), one line
+    # each naming the file: the case's warning.
+    warnings: tuple[str, ...] = ()
 
 
 def check_consistent(headers: dict[Path, Dataset]) -> None:
@@ -150,6 +167,31 @@ def affine_ras(
     return LPS_TO_RAS @ lps
 
 
+def check_affine(
+    affine: np.ndarray, spacing: Sequence[float], where: str, proper: bool = True
+) -> np.ndarray:
+    """Return ``affine`` after checking that it is a proper, finite voxel-to-mm matrix whose
+    columns are perpendicular with lengths ``spacing`` (an orthonormal frame scaled by the voxel
+    size, what ``affine_ras`` builds from valid headers). Raises ``SeriesError`` naming
+    ``where``: no reader may write a mirrored, sheared, scaled or non-finite grid.
+    ``proper=False`` accepts a mirrored frame (a NIfTI image may store a left-handed voxel
+    order; a DICOM series never does, ``affine_ras`` builds the normal from the cosines).
+    """
+    linear = np.asarray(affine, dtype=np.float64)[:3, :3]
+    spacing = np.asarray(spacing, dtype=np.float64)
+    if not (np.all(np.isfinite(affine)) and np.all(np.isfinite(spacing)) and np.all(spacing > 0)):
+        raise SeriesError(f"{where}: image affine or spacing is not finite and positive")
+    frame = linear / spacing
+    mirrored = proper and np.linalg.det(frame) <= 0
+    # A cosine accepted at length 1 + ORIENTATION_TOL gives 1 + 2 * ORIENTATION_TOL here.
+    if not np.allclose(frame.T @ frame, np.eye(3), atol=3 * ORIENTATION_TOL) or mirrored:
+        raise SeriesError(
+            f"{where}: image affine {np.round(linear, 6).tolist()} is not a proper orthonormal "
+            f"frame scaled by the spacing {spacing.tolist()}"
+        )
+    return affine
+
+
 # ----------------------------------------------------------------------------- multi-frame
 def frame_item(ds: Dataset, frame: int, sequence: str) -> Dataset | None:
     """Return the first item of functional group ``sequence`` for ``frame`` (0-based): the
@@ -168,6 +210,22 @@ _PLANE_GROUPS = (
     ("PixelMeasuresSequence", "PixelSpacing"),
     ("PlanePositionSequence", "ImagePositionPatient"),
 )
+_COUNTS = {"ImageOrientationPatient": 6, "PixelSpacing": 2, "ImagePositionPatient": 3}
+
+
+def _frame_numbers(item: Dataset, key: str, frame: int) -> list[float]:
+    """The finite numbers of ``key`` in a functional group item; ``ValueError`` naming the
+    frame, the attribute and the value otherwise."""
+    raw = item[key].value
+    values = list(raw) if isinstance(raw, (list, tuple, MultiValue)) else [raw]
+    try:
+        numbers = [float(v) for v in values]
+    except (TypeError, ValueError):
+        numbers = []
+    if len(numbers) != _COUNTS[key] or not np.all(np.isfinite(numbers)):
+        shown = "\\".join(str(v) for v in values)
+        raise ValueError(f"frame {frame + 1}: {key} '{shown}' is not {_COUNTS[key]} finite numbers")
+    return numbers
 
 
 def frame_geometry(
@@ -188,7 +246,7 @@ def frame_geometry(
             item = frame_item(ds, i, sequence)
             if item is None or key not in item:
                 raise ValueError(f"frame {i + 1} has no {key} in its functional groups")
-            values.append([float(v) for v in item[key].value])
+            values.append(_frame_numbers(item, key, i))
         orientations.append(values[0])
         spacings.append(values[1])
         positions.append(values[2])

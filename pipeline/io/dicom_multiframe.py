@@ -21,12 +21,14 @@ from pipeline.io.dicom_geometry import (
     SeriesError,
     SeriesMeta,
     affine_ras,
+    check_affine,
     frame_geometry,
     frame_item,
     order_slices,
     slice_normal,
 )
 from pipeline.io.dicom_pixels import decode_file, store_int16, to_hu
+from pipeline.io.dicom_validate import plane_problems
 
 # Top-level attributes a frame's Modality LUT step needs besides the rescale.
 _PADDING = ("PixelPaddingValue", "PixelPaddingRangeLimit", "PixelRepresentation")
@@ -44,9 +46,13 @@ def enhanced_geometry(path: Path, ds: Dataset) -> tuple[np.ndarray, np.ndarray, 
     frames disagree on orientation or spacing (not one rectilinear grid).
     """
     try:
-        return frame_geometry(ds)
+        orientation, spacing, positions = frame_geometry(ds)
     except ValueError as exc:
         raise SeriesError(f"{path}: {exc}") from exc
+    problems = [f"{path}: {line}" for line in plane_problems(orientation, spacing)]
+    if problems:
+        raise SeriesError(problems[0], problems)
+    return orientation, spacing, positions
 
 
 def frame_step(path: Path, ds: Dataset, tolerance: float) -> float:
@@ -64,6 +70,16 @@ def _frame_lut(ds: Dataset, frame: int) -> Dataset:
     source = item if item is not None else ds
     lut.RescaleSlope = source.get("RescaleSlope", 1.0)
     lut.RescaleIntercept = source.get("RescaleIntercept", 0.0)
+    for keyword in ("RescaleSlope", "RescaleIntercept"):
+        value = lut[keyword].value
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = float("nan")
+        if not np.isfinite(number) or (keyword == "RescaleSlope" and number == 0):
+            raise ValueError(
+                f"frame {frame + 1}: {keyword} '{value}' is not a finite, usable number"
+            )
     for key in _PADDING:
         if key in ds:
             lut[key] = ds[key]
@@ -91,9 +107,13 @@ def read_multiframe(
         raise SeriesError(f"{path}: pixel array shape {stored.shape} does not match the frames")
     stack = np.empty((len(positions), rows, cols), dtype=np.int16)  # (k, row, col)
     for k, i in enumerate(order):
-        hu = to_hu(stored[i], _frame_lut(ds, int(i)), air_hu, outside_fov_below_hu)
+        try:
+            hu = to_hu(stored[i], _frame_lut(ds, int(i)), air_hu, outside_fov_below_hu)
+        except ValueError as exc:
+            raise SeriesError(f"{path}: {exc}", [f"{path}: {exc}"]) from exc
         store_int16(stack, k, hu, names[i])
     affine = affine_ras(orientation, spacing, positions[order[0]], step)
+    check_affine(affine, (float(spacing[1]), float(spacing[0]), float(step)), str(path))
     meta = SeriesMeta(
         series_uid=str(header.SeriesInstanceUID),
         patient_id=str(header.get("PatientID", "")),

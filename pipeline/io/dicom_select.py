@@ -9,7 +9,8 @@ C.7.3.1), never by folder, and each series is either a candidate or skipped with
 - a single image (a volume needs at least two slices);
 - a slice normal (row x column cosine, PS3.3 C.7.6.2.1.1) whose largest component is not the
   patient z axis, i.e. a sagittal or coronal stack, not an axial one;
-- missing geometry attributes, inconsistent matrix / spacing / orientation, duplicate positions,
+- missing geometry attributes, a header value that fails ``dicom_validate`` (each named in
+  ``SeriesSummary.problems``), inconsistent matrix / spacing / orientation, duplicate positions,
   a missing slice, a non-uniform step or gantry tilt (``order_slices``).
 
 The last kind are *defects* (``SeriesSummary.defect``): an axial CT series that should have been
@@ -28,12 +29,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from pydicom.dataset import Dataset
 
 from pipeline.io.dicom_geometry import SeriesError, check_consistent, order_slices, slice_normal
 from pipeline.io.dicom_multiframe import enhanced_geometry, frame_step, is_enhanced
+from pipeline.io.dicom_validate import problem_reason, series_problems
 
 # Attributes without which the geometry or the HU values cannot be reconstructed.
 REQUIRED = (
@@ -61,6 +64,10 @@ class SeriesSummary:
     step_mm: float | None  # slice step along the normal; None when not a usable volume
     reason: str | None  # why it was skipped; None for a candidate
     defect: bool = False  # skipped as a broken axial CT volume (geometry), not for what it is
+    # One line per invalid header value (file, attribute, value), when that is the reason.
+    problems: tuple[str, ...] = ()
+    # Defaults the validation took for a usable series (a missing RescaleSlope read as 1).
+    notes: tuple[str, ...] = ()
 
     def record(self) -> dict:
         """Return the manifest entry of this series (JSON-ready)."""
@@ -90,63 +97,85 @@ def _plane_reason(normal: np.ndarray) -> str | None:
     return f"{plane} orientation (slice normal {np.round(normal, 3).tolist()}), not axial"
 
 
-def _enhanced_reason(
-    items: list[tuple[Path, Dataset]], tolerance: float
-) -> tuple[str | None, float | None, bool]:
+class Verdict(NamedTuple):
+    """``skip_reason``'s answer on one series."""
+
+    reason: str | None  # why it is not an axial CT volume; None for a candidate
+    step: float | None  # slice step along the normal, for a candidate
+    defect: bool = False  # the reason is a defect of a would-be volume
+    problems: tuple[str, ...] = ()  # invalid header values, one line each
+    notes: tuple[str, ...] = ()  # defaults the validation took (a missing RescaleSlope: 1)
+
+
+def _enhanced_reason(items: list[tuple[Path, Dataset]], tolerance: float) -> Verdict:
     """``skip_reason`` for a series holding an enhanced multi-frame image."""
     if len(items) > 1:
-        return f"a multi-frame image with {len(items) - 1} other file(s) in one series", None, True
+        return Verdict(
+            f"a multi-frame image with {len(items) - 1} other file(s) in one series", None, True
+        )
     path, ds = items[0]
     try:
         orientation, _, _ = enhanced_geometry(path, ds)
         plane = _plane_reason(slice_normal(orientation))
         if plane is not None:
-            return plane, None, False
-        return None, frame_step(path, ds, tolerance), False
+            return Verdict(plane, None)
+        return Verdict(None, frame_step(path, ds, tolerance))
     except ValueError as exc:
-        return str(exc), None, True
+        return Verdict(str(exc), None, True, tuple(getattr(exc, "problems", ())))
 
 
-def skip_reason(
-    headers: dict[Path, Dataset], tolerance: float
-) -> tuple[str | None, float | None, bool]:
-    """Return (why this one series is not an axial CT volume or None, slice step or None,
-    whether that reason is a defect of a would-be volume).
-
-    ``headers`` are the files of one series; see the module docstring for the reasons.
-    """
-    items = list(headers.items())
+def _kind_reason(items: list[tuple[Path, Dataset]]) -> str | None:
+    """Why the series is no CT image stack at all (modality, localizer), or None."""
     modalities = {str(ds.get("Modality", "")).upper() for _, ds in items}
     if "CT" not in modalities:
-        return f"Modality {', '.join(sorted(modalities)) or 'missing'}, not CT", None, False
+        return f"Modality {', '.join(sorted(modalities)) or 'missing'}, not CT"
     for path, ds in items:
         value = ds.get("ImageType") or []
         image_type = [str(v).upper() for v in ([value] if isinstance(value, str) else value)]
         if "LOCALIZER" in image_type:
             shown = "\\".join(image_type)
-            return f"localizer (ImageType {shown}, {path.name})", None, False
+            return f"localizer (ImageType {shown}, {path.name})"
+    return None
+
+
+def skip_reason(headers: dict[Path, Dataset], tolerance: float) -> Verdict:
+    """Return the ``Verdict`` on one series: why it is not an axial CT volume (or None), its
+    slice step, whether the reason is a defect, and the invalid header values.
+
+    ``headers`` are the files of one series; see the module docstring for the reasons. The
+    header values are validated (``dicom_validate``) before anything computes with them.
+    """
+    items = list(headers.items())
+    kind = _kind_reason(items)
+    if kind is not None:
+        return Verdict(kind, None)
     if any(is_enhanced(ds) for _, ds in items):
         return _enhanced_reason(items, tolerance)
     for path, ds in items:
         missing = [kw for kw in REQUIRED if kw not in ds or ds[kw].VM == 0]
         if missing:
-            return f"{path}: missing required attribute(s) {', '.join(missing)}", None, True
+            return Verdict(
+                f"{path}: missing required attribute(s) {', '.join(missing)}", None, True
+            )
     if len(items) < 2:
-        return f"a single image ({items[0][0].name}), not a volume", None, False
+        return Verdict(f"a single image ({items[0][0].name}), not a volume", None)
+    problems, notes = series_problems(headers)
+    if problems:
+        return Verdict(problem_reason(problems), None, True, tuple(problems))
     try:
         check_consistent(headers)
         normal = slice_normal(items[0][1].ImageOrientationPatient)
     except ValueError as exc:
-        return str(exc), None, True
+        return Verdict(str(exc), None, True)
     plane = _plane_reason(normal)
     if plane is not None:
-        return plane, None, False
+        return Verdict(plane, None)
     positions = np.array([[float(v) for v in ds.ImagePositionPatient] for _, ds in items])
     try:
         _, step = order_slices(positions, normal, [str(p) for p, _ in items], tolerance)
     except SeriesError as exc:
-        return str(exc), None, True
-    return None, float(step), False
+        return Verdict(str(exc), None, True)
+    return Verdict(None, float(step), notes=tuple(notes))
 
 
 def group_by_series(headers: dict[Path, Dataset]) -> dict[str, list[Path]]:
@@ -164,16 +193,18 @@ def summarize(headers: dict[Path, Dataset], tolerance: float) -> list[SeriesSumm
     for uid in sorted(groups):
         group = {path: headers[path] for path in groups[uid]}
         first = group[groups[uid][0]]
-        reason, step, defect = skip_reason(group, tolerance)
+        verdict = skip_reason(group, tolerance)
         out.append(
             SeriesSummary(
                 uid=uid,
                 description=str(first.get("SeriesDescription", "") or ""),
                 number=_series_number(first),
                 files=tuple(group),
-                step_mm=step,
-                reason=reason,
-                defect=defect,
+                step_mm=verdict.step,
+                reason=verdict.reason,
+                defect=verdict.defect,
+                problems=verdict.problems,
+                notes=verdict.notes,
             )
         )
     return out

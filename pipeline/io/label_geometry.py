@@ -176,3 +176,82 @@ def place_label(
     if mapping is not None:
         return copy_exact(label, *mapping, ct_shape), "exact"
     return resample_nearest(label, label_affine, ct_shape, ct_affine), "nearest"
+
+
+# ----------------------------------------------------------------------------- coverage
+def _box_on_ct(label_shape: Sequence[int], transform: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(min, max) CT index coordinates, per CT axis, of the label grid's outer voxel faces."""
+    faces = np.array(list(product(*[(-0.5, n - 0.5) for n in label_shape])), dtype=np.float64)
+    at = faces @ transform[:3, :3].T + transform[:3, 3]
+    return at.min(axis=0), at.max(axis=0)
+
+
+def coverage(
+    label_shape: Sequence[int],
+    label_affine: np.ndarray,
+    ct_shape: Sequence[int],
+    ct_affine: np.ndarray,
+) -> dict | None:
+    """Return the part of the CT grid that the label grid covers, or ``None`` when it covers
+    all of it: ``{"i": [first, last], "j": [...], "k": [...], "fraction": f}``, the CT voxel
+    index ranges whose centres lie inside the label grid's outer faces (its bounding box, for an
+    oblique grid) and the fraction of CT voxels in them. A CT voxel outside the label grid holds
+    no label because nobody drew there, not because it is background."""
+    lo, hi = _box_on_ct(label_shape, voxel_transform(label_affine, ct_affine))
+    n = np.asarray(ct_shape, dtype=np.int64)
+    first = np.clip(np.ceil(lo - 1e-3), 0, n - 1).astype(int)
+    last = np.clip(np.floor(hi + 1e-3), 0, n - 1).astype(int)
+    if np.all(first == 0) and np.all(last == n - 1):
+        return None
+    covered = np.maximum(last - first + 1, 0) * (hi >= -0.5) * (lo <= n - 0.5)
+    ranges = {axis: [int(a), int(b)] for axis, a, b in zip(AXES, first, last, strict=True)}
+    return {**ranges, "fraction": round(float(np.prod(covered) / np.prod(n)), 6)}
+
+
+def open_ends(
+    label: np.ndarray, label_affine: np.ndarray, ct_shape: Sequence[int], ct_affine: np.ndarray
+) -> list[str]:
+    """Return a line per face of the label grid that ends inside the CT (CT voxels lie beyond
+    it) while holding labelled voxels: the organ goes on past the label's edge, unlabelled."""
+    transform = voxel_transform(label_affine, ct_affine)
+    label = np.asarray(label)
+    out = []
+    for axis, n in enumerate(label.shape):
+        ct_axis = int(np.argmax(np.abs(transform[:3, axis])))
+        for end, beyond in ((0, -0.5), (n - 1, n - 0.5)):
+            # A basic-index view: ``take`` would copy (and for a 512x512x240 label, slowly).
+            count = int(np.count_nonzero(label[(slice(None),) * axis + (end,)]))
+            if not count:
+                continue
+            centre = (np.asarray(label.shape, dtype=np.float64) - 1) / 2
+            centre[axis] = beyond
+            edge = float((transform[:3, :3] @ centre + transform[:3, 3])[ct_axis])
+            inner = centre.copy()
+            inner[axis] = end
+            outward = edge - float((transform[:3, :3] @ inner + transform[:3, 3])[ct_axis])
+            room = edge - 0.25 if outward < 0 else ct_shape[ct_axis] - 1 - 0.25 - edge
+            if room > 0:
+                out.append(
+                    f"label grid ends at CT {AXES[ct_axis]} = {edge:.1f} (the CT runs "
+                    f"0..{ct_shape[ct_axis] - 1}) with {count} labelled voxels on its edge "
+                    "plane: the organ may go on beyond the label, unlabelled"
+                )
+    return out
+
+
+def dropped_voxels(
+    label: np.ndarray, label_affine: np.ndarray, ct_shape: Sequence[int], ct_affine: np.ndarray
+) -> int:
+    """Return how many labelled voxels have their centre outside the CT grid (beyond half a
+    CT voxel): within ``place_label``'s outside tolerance, but lost by the placement."""
+    transform = voxel_transform(label_affine, ct_affine)
+    lo, hi = _box_on_ct(np.asarray(label).shape, transform)
+    n = np.asarray(ct_shape, dtype=np.float64)
+    # 1e-3 voxel: DS values are rounded on write, so a grid equal to the CT's sticks out by
+    # ~1e-5 voxel (the phantom's labels do).
+    if np.all(lo >= -0.5 - 1e-3) and np.all(hi <= n - 0.5 + 1e-3):
+        return 0  # the whole grid lies inside: nothing can fall off
+    ijk = np.argwhere(np.asarray(label) > 0).astype(np.float64)
+    at = ijk @ transform[:3, :3].T + transform[:3, 3]
+    inside = np.all((at >= -0.5 - 1e-3) & (at < n - 0.5 + 1e-3), axis=1)
+    return int(np.count_nonzero(~inside))

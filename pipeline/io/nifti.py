@@ -10,6 +10,7 @@ affine (``label_geometry.py``), which for TCIA's labels gives the same voxels.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,18 +21,59 @@ from isal import igzip
 from common.atomic import atomic_path
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+_CHUNK = 1 << 24
+
+
+def _why(exc: BaseException) -> str:
+    """The exception's message, or its type where it has none (a MemoryError has none)."""
+    return str(exc) or type(exc).__name__
+
+
+def _stored_bytes(path: Path, limit: int) -> int:
+    """Return how many bytes ``path`` holds once decompressed, counting no further than
+    ``limit``: the gzip stream is read in chunks and never held whole."""
+    if not path.name.endswith(".gz"):
+        return path.stat().st_size
+    total = 0
+    with igzip.open(path, "rb") as stream:
+        while total < limit and (chunk := stream.read(min(_CHUNK, limit - total))):
+            total += len(chunk)
+    return total
+
+
+def check_claimed_size(path: Path, img: nib.Nifti1Image, kind: str) -> None:
+    """Raise ``ValueError`` naming ``path`` when its header claims more voxel bytes than the
+    file holds. Checked before the data are read: nibabel allocates what the header's dim
+    field claims, so a damaged dim made ingest allocate 2.2 GB for a 7.9 MB file."""
+    header = img.header
+    shape = tuple(int(n) for n in header.get_data_shape())
+    itemsize = header.get_data_dtype().itemsize
+    claimed = int(header.get_data_offset()) + math.prod(shape) * itemsize
+    held = _stored_bytes(path, claimed)
+    if held < claimed:
+        raise ValueError(
+            f"{path}: NIfTI {kind} header claims shape {shape} of "
+            f"{header.get_data_dtype()} ({claimed} bytes with the header), but the file holds "
+            f"{held}: truncated, or a damaged dim field"
+        )
 
 
 def read_volume(path: str | Path, kind: str) -> tuple[np.ndarray, np.ndarray]:
     """Read a 3D NIfTI ``kind`` ("label", "image"); return ``(array in file index order, 4x4
     affine)``, NIfTI scaling applied. A trailing singleton 4th axis is dropped. Raises
-    ``ValueError`` naming the file if it is unreadable or not 3D."""
+    ``ValueError`` naming the file if it is unreadable, holds fewer bytes than its header
+    claims (``check_claimed_size``, before anything is allocated) or is not 3D."""
     path = Path(path)
     try:
         img = nib.load(path)
+        check_claimed_size(path, img, kind)
         data = np.asanyarray(img.dataobj)
+    except ValueError as exc:
+        if str(exc).startswith(f"{path}: "):
+            raise
+        raise ValueError(f"{path}: unreadable NIfTI {kind} ({_why(exc)})") from exc
     except Exception as exc:
-        raise ValueError(f"{path}: unreadable NIfTI {kind} ({exc})") from exc
+        raise ValueError(f"{path}: unreadable NIfTI {kind} ({_why(exc)})") from exc
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:

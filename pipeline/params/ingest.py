@@ -68,6 +68,12 @@ class IngestParams(Frozen):
     # only "reject" (an error naming the case, the tilt or the step) is implemented.
     irregular: Literal["reject"] = "reject"
     series: SeriesChoiceParams = Field(default_factory=SeriesChoiceParams)
+    # A file beside the chosen series that looks like a member of it but did not read with it:
+    # a truncated or corrupt file with the DICOM signature or named like its slices, or a CT
+    # image that continues its stack under another SeriesInstanceUID
+    # (pipeline/io/dicom_members.py). "error": the case is refused, naming the file; "warn":
+    # the volume is read without it and the case warns, naming the file.
+    damaged_members: Literal["error", "warn"] = "error"
     # Pixel padding (PixelPaddingValue) and HU below outside_fov_below_hu (the -2000/-3024
     # fill outside the reconstructed field of view) become air_hu; null turns the latter off.
     air_hu: int = Field(-1000, ge=-1024, le=-900)
@@ -77,6 +83,9 @@ class IngestParams(Frozen):
     # sets whose headers are known not to carry the CT's geometry.
     label_geometry: Literal["affine", "instance"] = "affine"
     label_grid_tolerance_mm: float = Field(0.1, ge=0)
+    # NIfTI label values other than 0 and 1: "binary" refuses the label, naming the values;
+    # "nonzero" reads every non-zero value as pancreas and warns, naming the values.
+    label_values: Literal["binary", "nonzero"] = "binary"
     label_outside_tolerance_mm: float = Field(1.0, ge=0)
     # DICOM SEG / RTSTRUCT labels (pipeline/io/label_dicom.py): the segments (SegmentLabel) or ROIs
     # (ROIName) whose name matches this regex, case-insensitive, are the pancreas (merged).

@@ -33,8 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--strict",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="exit non-zero if any case failed, counting labels whose HU are not soft tissue "
-        "(good cases and manifest are still written)",
+        help="every case warning is an error (a default taken, a damaged file passed over, a "
+        "label that is incomplete or not soft tissue); exit non-zero if any case failed (good "
+        "cases and manifest are still written)",
     )
 
 

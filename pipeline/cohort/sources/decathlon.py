@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.cohort.label_checks import place_by_affine
+from pipeline.cohort.label_checks import PlacedLabel, place_nifti
 from pipeline.cohort.sources.base import CaseVolume, Located
 from pipeline.errors import StageError
 from pipeline.io.nifti import NIFTI_SUFFIXES, load_label, read_volume
@@ -91,11 +91,12 @@ def pancreas_mask(label: np.ndarray, values: Sequence[int]) -> np.ndarray:
     return np.isin(label, np.asarray(values)).astype(np.uint8)
 
 
-def decathlon_label(
+def decathlon_placed(
     case: DecathlonCase, shape: tuple, affine: np.ndarray, params: IngestParams
-) -> tuple[np.ndarray, str]:
-    """Return ``(0/1 pancreas mask on the image grid, placement)`` of ``case``'s label file;
-    raises ``ValueError`` naming it when missing, without pancreas values or off the image."""
+) -> PlacedLabel:
+    """Return the 0/1 pancreas mask of ``case``'s label file on the image grid, with its
+    coverage record and warnings (``place_nifti``); raises ``ValueError`` naming the file when
+    missing, without pancreas values or off the image."""
     raw, label_affine = load_label(case.label)  # names the file when missing or unreadable
     wanted = params.decathlon.pancreas_values
     mask = pancreas_mask(raw, wanted)
@@ -104,7 +105,15 @@ def decathlon_label(
         raise ValueError(
             f"{case.label}: no voxel holds a pancreas value {list(wanted)} (values {present})"
         )
-    return place_by_affine(mask, label_affine, shape, affine, params, case.label)
+    return place_nifti(mask, label_affine, shape, affine, params, case.label)
+
+
+def decathlon_label(
+    case: DecathlonCase, shape: tuple, affine: np.ndarray, params: IngestParams
+) -> tuple[np.ndarray, str]:
+    """Return ``(0/1 pancreas mask on the image grid, placement)``: ``decathlon_placed``'s."""
+    placed = decathlon_placed(case, shape, affine, params)
+    return placed.mask, placed.placement
 
 
 @dataclass(frozen=True)
@@ -135,9 +144,12 @@ class DecathlonSource:
     def read(self, case: DecathlonCase, label: Path) -> CaseVolume:
         """The image in HU on its own grid and the pancreas values of ``label`` placed on it."""
         hu, affine = read_hu_volume(case.image)
-        mask, placement = decathlon_label(case, hu.shape, affine, self.params)
+        placed = decathlon_placed(case, hu.shape, affine, self.params)
         spacing = [round(float(s), 6) for s in np.linalg.norm(affine[:3, :3], axis=0)]
-        return CaseVolume(hu, affine, mask, placement, spacing=spacing)
+        warning = "; ".join(placed.warnings) or None
+        return CaseVolume(
+            hu, affine, placed.mask, placed.placement, spacing, warning, dict(placed.record)
+        )
 
 
 SOURCE = DecathlonSource

@@ -144,16 +144,18 @@ class TciaSource:
             series_uid=params.series.uids.get(case.case_id),
             air_hu=params.air_hu,
             outside_fov_below_hu=params.outside_fov_below_hu,
+            damaged_members=params.damaged_members,
         )
-        mask, placement = label_on_ct(label, affine, meta, params)
+        placed = label_on_ct(label, affine, meta, params)
+        warnings = [*meta.warnings, defect_warning(case.folder, meta), *placed.warnings]
         return CaseVolume(
             hu,
             affine,
-            mask,
-            placement,
+            placed.mask,
+            placed.placement,
             spacing=[round(s, 6) for s in meta.spacing],
-            warning=defect_warning(case.folder, meta),
-            record=series_record(meta),
+            warning="; ".join(w for w in warnings if w) or None,
+            record={**series_record(meta), **placed.record},
         )
 
 
