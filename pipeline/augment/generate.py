@@ -207,6 +207,42 @@ def load_run(run_dir: Path):
     return model, record
 
 
+def _index(record: dict, shards: list, kept: tuple[int, int], model, run_dir: Path, draw: tuple):
+    """The synthetic set's ``index.json``: the geometry of the run's training slices, one
+    ``synthetic`` split of ``kept`` = (slices, positives), and its source (``draw`` = (seed,
+    n requested))."""
+    from models.train.checkpoint import checkpoint_digest
+
+    (n_kept, positive), (seed, n), case_id = kept, draw, f"syn-{model.name}"
+    return {
+        "format": FORMAT,
+        **{k: record.get(k) for k in ("size", "pixel_mm", "fov_mm", "window", "axes")},
+        "splits": {
+            SPLIT: {
+                "cases": [case_id],
+                "shards": shards,
+                "slices": n_kept,
+                "positive": positive,
+                "negative": n_kept - positive,
+            }
+        },
+        "cases": {case_id: {"split": SPLIT, "n_slices": n_kept}},
+        "skipped": [],
+        "source": {
+            "model": model.name,
+            "conditional": bool(model.conditional),
+            "run": str(run_dir),
+            # The weights themselves: a retrained generator invalidates the segmentation
+            # runs that used its pairs (their fingerprint covers this index).
+            "checkpoint_sha256": checkpoint_digest(run_dir / "checkpoint.pt"),
+            "seed": seed,
+            "n_requested": n,
+            "trained_on": record.get("cases"),
+            "fraction": record.get("fraction"),
+        },
+    }
+
+
 def _masks_summary(params: GenerateParams, conditions: MaskSet | None) -> dict | None:
     """Masks per source and deformations refused per reason, for ``summary.json``."""
     if conditions is None:
@@ -232,7 +268,6 @@ def run(
     A mask-conditioned run draws for the masks of ``generate.masks`` (``masks_from``: a joint
     model's generated set, for ``masks: generated``); a joint run refuses ``masks_from``.
     """
-    from models.train.checkpoint import checkpoint_digest
     from pipeline.augment.conditions import load_conditions
 
     model, record = load_run(run_dir)
@@ -268,34 +303,8 @@ def run(
         if len(got.image):
             writer.add(got.image, got.mask, case_id, got.draw_index)
         shards = writer.close()
-        index = {
-            "format": FORMAT,
-            **{k: record.get(k) for k in ("size", "pixel_mm", "fov_mm", "window", "axes")},
-            "splits": {
-                SPLIT: {
-                    "cases": [case_id],
-                    "shards": shards,
-                    "slices": len(got.image),
-                    "positive": positive,
-                    "negative": len(got.image) - positive,
-                }
-            },
-            "cases": {case_id: {"split": SPLIT, "n_slices": len(got.image)}},
-            "skipped": [],
-            "source": {
-                "model": model.name,
-                "conditional": bool(model.conditional),
-                "run": str(run_dir),
-                # The weights themselves: a retrained generator invalidates the segmentation
-                # runs that used its pairs (their fingerprint covers this index).
-                "checkpoint_sha256": checkpoint_digest(run_dir / "checkpoint.pt"),
-                "seed": seed,
-                "n_requested": n,
-                "trained_on": record.get("cases"),
-                "fraction": record.get("fraction"),
-            },
-        }
-        write_json(tmp / INDEX_NAME, index)
+        kept = (len(got.image), positive)
+        write_json(tmp / INDEX_NAME, _index(record, shards, kept, model, run_dir, (seed, n)))
         write_json(tmp / "summary.json", summary)
         panels = [
             Panel(got.image[i, 0], got.mask[i, 0], f"{model.name} #{int(got.draw_index[i])}")
