@@ -183,15 +183,15 @@ def test_grid_generators_must_be_trained_by_ct_models(tmp_path, profile):
     raw["mnist"]["seeds"] = [0, 1, 2]
     p = tmp_path / "params.yaml"
     if profile == "cpu":  # default: the grid reads exactly the default generators
-        raw["ct"]["models"] = ["gvae", "vae", "wgan_gp"]  # vae_gan dropped
-        missing, fix = r"\['vae_gan'\]", r"ct.models=\[gvae,vae,wgan_gp,vae_gan\]"
+        raw["ct"]["models"] = ["gvae", "vae", "wgan_gp", "cgvae"]  # vae_gan dropped
+        missing, fix = r"\['vae_gan'\]", r"ct.models=\[gvae,vae,wgan_gp,cgvae,vae_gan\]"
     else:  # a profile block that adds the diffusion reference to the grid
         raw["full"]["segment"]["models"] = ["gvae", "vae", "wgan_gp", "vae_gan", "ddpm"]
-        missing, fix = r"\['ddpm'\]", r"ct.models=\[gvae,vae,wgan_gp,vae_gan,ddpm\]"
+        missing, fix = r"\['ddpm'\]", r"ct.models=\[gvae,vae,wgan_gp,vae_gan,cgvae,ddpm\]"
     p.write_text(yaml.safe_dump(raw))
     with pytest.raises(ParamsError, match=rf"grid.*reads synthetic slices of {missing}.*{fix}"):
         load_section(p, "slices")  # any stage's section
-    raw["ct"]["models"] = ["gvae", "vae", "wgan_gp", "vae_gan", "ddpm"]
+    raw["ct"]["models"] = ["gvae", "vae", "wgan_gp", "vae_gan", "cgvae", "ddpm"]
     p.write_text(yaml.safe_dump(raw))
     assert ("ddpm" in load_section(p, "segment").models) == (profile == "full")
     # An explicit ":model" condition counts too, whatever segment.models says.
