@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -224,6 +225,8 @@ def _params_file(tmp_path, **segment):
         ({"pretrain": {"synthetic_share": 1.0}}, "segment.pretrain.synthetic_share"),
         ({"conditions": ["real+syn:gvae/pretrain"], "steps": 1}, "leaves a phase without steps"),
         ({"conditions": ["real+syn:gvae/bogus"]}, "unknown recipe 'bogus'"),
+        ({"seeds_by_fraction": {0.5: [0, 1]}}, "seeds_by_fraction names fractions \\[0.5\\]"),
+        ({"seeds_by_fraction": {1.0: [1, 1]}}, "without repeats"),
     ],
 )
 def test_bad_params_name_the_setting(tmp_path, setting, message):
@@ -251,3 +254,17 @@ def test_default_runs_one_control_and_the_conditional_generator_full_runs_all(tm
            "real+classical+syn:gvae/pretrain", "real+classical+syn:gvae/filter",
            "real+classical+syn:cgvae/filter", "real+classical+syn:cgvae/pretrain"}  # fmt: skip
     assert new <= names
+
+
+def test_seeds_by_fraction_runs_more_seeds_where_named_and_keeps_fingerprints():
+    """Five seeds at the smallest fraction, `seeds` elsewhere; the per-fraction list is a grid
+    list like `seeds`, so naming it does not invalidate runs already done."""
+    from pipeline.augment.segment.experiment import plan_runs
+    from pipeline.augment.segment.grid import fingerprint
+
+    base = SegmentParams(conditions=["real"], fractions=[1.0, 0.1], seeds=[0, 1, 2])
+    more = base.model_copy(update={"seeds_by_fraction": {0.1: (0, 1, 2, 3, 4)}})
+    runs = [(r.fraction, r.seed) for r in plan_runs(more)]
+    assert runs == [(1.0, 0), (1.0, 1), (1.0, 2)] + [(0.1, s) for s in range(5)]
+    data = SimpleNamespace(index={"size": 64})
+    assert fingerprint(base, data, None) == fingerprint(more, data, None)

@@ -148,6 +148,11 @@ class SegmentParams(Frozen):
     min_patients: int = Field(2, ge=0, description="smallest training subset, in patients")
     subset_seed: int = Field(0, description="seed of the patient subsets (shared by generators)")
     seeds: tuple[int, ...] = (0, 1, 2)
+    # Small subsets vary most from seed to seed: e.g. {0.1: [0, 1, 2, 3, 4]} runs five seeds at
+    # that fraction and `seeds` at the others.
+    seeds_by_fraction: dict[float, tuple[int, ...]] = Field(
+        default_factory=dict, description="fraction -> its seeds, instead of `seeds`"
+    )
     synthetic_ratio: float = Field(
         1.0, gt=0, description="synthetic slices per real training slice of the run"
     )
@@ -194,6 +199,25 @@ class SegmentParams(Frozen):
         if not v or len(set(v)) != len(v):
             raise ValueError(f"need a non-empty list without repeats, got {list(v)}")
         return v
+
+    @model_validator(mode="after")
+    def _seeds_by_fraction(self) -> SegmentParams:
+        unknown = sorted(set(self.seeds_by_fraction) - set(self.fractions))
+        if unknown:
+            raise ValueError(
+                f"seeds_by_fraction names fractions {unknown} that are not in fractions "
+                f"{list(self.fractions)}"
+            )
+        for f, seeds in self.seeds_by_fraction.items():
+            if not seeds or len(set(seeds)) != len(seeds):
+                raise ValueError(
+                    f"seeds_by_fraction[{f}]: need a non-empty list without repeats, got {list(seeds)}"
+                )
+        return self
+
+    def seeds_of(self, fraction: float) -> tuple[int, ...]:
+        """The seeds run at ``fraction``: ``seeds_by_fraction`` where it names it, else ``seeds``."""
+        return self.seeds_by_fraction.get(fraction, self.seeds)
 
     @field_validator("conditions")
     @classmethod

@@ -169,9 +169,11 @@ class RunSpec:
 
 
 def plan_runs(params: SegmentParams) -> list[RunSpec]:
-    """Every run of the grid, ordered fraction -> condition -> seed."""
+    """Every run of the grid, ordered fraction -> condition -> seed (``seeds_of`` the fraction)."""
     conditions = expand_conditions(params.conditions, params.models)
-    return [RunSpec(c, f, s) for f in params.fractions for c in conditions for s in params.seeds]
+    return [
+        RunSpec(c, f, s) for f in params.fractions for c in conditions for s in params.seeds_of(f)
+    ]
 
 
 @dataclass
