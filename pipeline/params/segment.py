@@ -211,12 +211,13 @@ class SegmentParams(Frozen):
         for f, seeds in self.seeds_by_fraction.items():
             if not seeds or len(set(seeds)) != len(seeds):
                 raise ValueError(
-                    f"seeds_by_fraction[{f}]: need a non-empty list without repeats, got {list(seeds)}"
+                    f"seeds_by_fraction[{f}]: need a non-empty list without repeats, "
+                    f"got {list(seeds)}"
                 )
         return self
 
     def seeds_of(self, fraction: float) -> tuple[int, ...]:
-        """The seeds run at ``fraction``: ``seeds_by_fraction`` where it names it, else ``seeds``."""
+        """The seeds run at ``fraction``: its ``seeds_by_fraction`` entry, else ``seeds``."""
         return self.seeds_by_fraction.get(fraction, self.seeds)
 
     @field_validator("conditions")

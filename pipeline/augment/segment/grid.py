@@ -82,8 +82,8 @@ def fingerprint(
         used = {"mixing"} if condition.control else {condition.recipe}
     keep = params.model_dump(
         mode="json",
-        exclude={"conditions", "models", "fractions", "seeds", "seeds_by_fraction", "n_boot", "alpha",
-                 "boot_seed", "eval_batch_size", "workers",
+        exclude={"conditions", "models", "fractions", "seeds", "seeds_by_fraction", "n_boot",
+                 "alpha", "boot_seed", "eval_batch_size", "workers",
                  *(set(CONDITION_SETTINGS) - used)},
     )  # fmt: skip
     blob = {
