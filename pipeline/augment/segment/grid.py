@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common.atomic import ensure_writable_dir, write_json
+from common.atomic import atomic_path, ensure_writable_dir, write_json
+from pipeline.augment.segment import faithfulness as faith
 from pipeline.augment.segment.experiment import (
     SYN_SPLIT,
     Dataset,
@@ -222,6 +223,55 @@ def prepare(
     return out
 
 
+def score_faithfulness(
+    spec: RunSpec,
+    record: Mapping,
+    data: Dataset,
+    syn_sets: Mapping[tuple[str, float], SyntheticSet],
+    params: SegmentParams,
+    out_dir: Path,
+    networks: MutableMapping | None,
+    aggregate_only: bool,
+    log=print,
+) -> list[dict]:
+    """The mask faithfulness of every synthetic set at the ``real`` run ``spec``'s fraction,
+    scored by that run's network (``pipeline.augment.segment.faithfulness``), one JSON each.
+
+    A JSON with the same fingerprint (run settings + synthetic index) is read, not recomputed;
+    otherwise the network comes from ``networks`` (the run just trained it) or is trained again
+    with the run's settings and seed (:func:`filter_network`: same weights on the same device
+    and thread count). ``aggregate_only`` reads what is there and computes nothing.
+    """
+    from pipeline.augment.segment.recipes import filter_network
+
+    out = []
+    for (model, frac), syn in sorted(syn_sets.items()):
+        if frac != spec.fraction:
+            continue
+        path = out_dir / faith.record_name(model, frac, spec.seed)
+        fp = faith.fingerprint(record["fingerprint"], syn.index)
+        found = read_run(path, fp)
+        if found is None and aggregate_only:
+            log(f"segment: faithfulness of {model} f={frac:g} seed {spec.seed}: not scored")
+            continue
+        if found is None:
+            network, _, how = filter_network(spec, data, params, networks)
+            numbers = faith.score(network, syn.image, syn.mask, data.test_image,
+                                  data.test_mask, params.eval_batch_size)  # fmt: skip
+            found = {"model": model, "fraction": frac, "seed": spec.seed, "fingerprint": fp,
+                     "n_train_patients": record["n_train_patients"], "network": how,
+                     "folder": str(syn.folder), **numbers}  # fmt: skip
+            path.parent.mkdir(exist_ok=True)
+            write_json(path, found)
+            log(
+                f"segment: faithfulness of {model} f={frac:g} seed {spec.seed}: "
+                f"{found['faithfulness']:.3f} on {found['n_scored']} slices "
+                f"(real test ceiling {found['ceiling']:.3f}; UNet {how})"
+            )
+        out.append(found)
+    return out
+
+
 def _run_notes(record: Mapping) -> str:
     """What the stage log says about a run beyond its Dice: replacement, filter, phases, pastes."""
     notes = ""
@@ -301,9 +351,13 @@ def run_experiment(
     runs_dir.mkdir(exist_ok=True)
     records: list[dict] = []
     executed = missing = 0
-    # The real runs' networks, for the filter runs of the same fraction; only when there are.
+    # The real runs' networks, for the filter runs and the faithfulness scores of the same
+    # fraction; only when there are.
     filters = any(c.recipe == "filter" for c in {s.condition for s in plan_runs(params)})
-    networks: dict | None = {} if filters else None
+    networks: dict | None = {} if filters or syn_sets else None
+    faithful: list[dict] = []
+    if not resume:
+        shutil.rmtree(Path(out_dir) / faith.DIRNAME, ignore_errors=True)
     if params.workers > 1 and shard is None and not aggregate_only:
         executed = _run_in_workers(params, slices_dir, out_dir, synthetic)
         resume = aggregate_only = True  # below: read what the workers wrote, run nothing
@@ -328,6 +382,10 @@ def run_experiment(
         else:
             how = "resumed"
         records.append(record)
+        if spec.condition.name == "real":
+            faithful += score_faithfulness(
+                spec, record, data, syn_sets, params, Path(out_dir), networks, aggregate_only, log
+            )
         same = [
             r["mean_dice"]
             for r in records
@@ -339,6 +397,12 @@ def run_experiment(
             f"{record['n_real']} real + {record['n_synthetic']} synthetic; {how})"
         )  # fmt: skip
     rows = [] if shard is not None else write_results(records, params, Path(out_dir))
+    if shard is None and faithful:
+        faith_rows = faith.aggregate(faithful)
+        for name, text in (("faithfulness.md", faith.table_markdown(faith_rows)),
+                           ("faithfulness.csv", faith.table_csv(faith_rows))):  # fmt: skip
+            with atomic_path(Path(out_dir) / name) as tmp:
+                tmp.write_text(text)
     return {
         "runs": len(records),
         "executed": executed,
