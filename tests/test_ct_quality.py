@@ -26,6 +26,7 @@ from pipeline.augment.quality.features import (
     save_feature_net,
     train_feature_net,
 )
+from pipeline.augment.quality.train_features import NET_NAME
 from pipeline.cohort.slicing import window_hu
 from pipeline.io.shards import FORMAT, ShardWriter, load_slices
 from pipeline.params.quality import CtFeatureParams, MemorizationParams, QualityParams
@@ -327,6 +328,20 @@ def test_near_copies_per_training_fraction(folders, tmp_path, capsys):
     # Toy slices look alike, so some clean ones pass both tests by chance; no exact copy does.
     exact = [f["slice_index"] for f in small["flagged"] if f["distance"] == 0.0]
     assert exact == [4, 5] and all(f["distance"] > 0 for f in by_set["f1.0"]["flagged"])
+    # Each fraction set's distribution metrics against the same test slices: the stage's own
+    # set (f1.0) is the one in metrics.json, the other measured alike and not the same.
+    quality = json.loads((out / "by_fraction.json").read_text())
+    assert list(quality) == ["f1.0", "f0.25"]
+    assert quality["f1.0"]["fid"] == m["fid"] and quality["f1.0"]["recall"] == m["recall"]
+    assert quality["f0.25"]["n_samples"] == 30 and quality["f0.25"]["fid"] != m["fid"]
+    half = ct_quality._subset(30, QP.n_samples, QP.seed + 1)
+    test = load_slices(folders / "slices", "test")
+    ti = ct_quality._subset(len(test[0]), QP.n_samples, QP.seed)
+    net = load_feature_net(tmp_path / "feat" / NET_NAME)
+    again = ct_quality._set_metrics(
+        QP, net, (test[0][ti], test[1][ti], test[2]), (small_img[half], small_msk[half]), False
+    )
+    assert quality["f0.25"]["fid"] == pytest.approx(again["fid"])
 
     ct_quality.run(QP, folders / "slices", tmp_path / "feat", tmp_path / "evals" / "real")
     ct_quality_report.run(tmp_path / "evals", tmp_path / "report")

@@ -14,12 +14,15 @@ is read against. Its memorization entry scores the real test slices themselves, 
 low-data regimes see two or three patients, and a model that copies does it there first. Each
 set is scored against the whole train split with the same threshold, as the export's privacy
 gate scores it (its own patients are a subset, so a copy of one of them is still found).
+It also measures every fraction set's FID, MMD, precision/recall and MS-SSIM against the same
+real test slices (``by_fraction.json``): the usefulness correlation sets each against the Dice
+difference that fraction's set produced.
 
 Writes into ``--out`` (one folder, replaced atomically): ``metrics.json`` (flat numbers, for
 ``dvc metrics show``; ``near_copy_share_f<fraction>`` per fraction set), ``memorization.json``
 (threshold, quantile, per-sample distance and flag; per fraction set its share and flagged
-slices) and ``grid.png`` (real test slices on the left, the compared set on the right,
-pancreas masks as red contours).
+slices), ``by_fraction.json`` with ``--fractions`` and ``grid.png`` (real test slices on the
+left, the compared set on the right, pancreas masks as red contours).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from pipeline.params.quality import QualityParams
 METRICS_NAME = "metrics.json"
 MEMORIZATION_NAME = "memorization.json"
 GRID_NAME = "grid.png"
+BY_FRACTION_NAME = "by_fraction.json"
 
 
 def _subset(n: int, cap: int, seed: int) -> np.ndarray:
@@ -117,6 +121,10 @@ def _memorization_record(mem: dict, meta: dict, train_meta: dict, params, name: 
     }
 
 
+def _same(a: str | os.PathLike, b: str | os.PathLike | None) -> bool:
+    return b is not None and Path(a).resolve() == Path(b).resolve()
+
+
 def fraction_sets(root: str | os.PathLike) -> dict[str, Path]:
     """``{"f1.0": folder, "f0.5": ...}``: the sets of ``gvae generate --each-fraction`` under
     ``root``, largest fraction first; ``ValueError`` naming ``root`` when there is none."""
@@ -180,6 +188,30 @@ def fraction_memorization(
             }
         )
     return records
+
+
+# The distribution metrics kept per fraction set: what the usefulness correlation reads.
+FRACTION_METRICS = ("fid", "mmd_x1e4", "precision", "recall", "ms_ssim", "n_samples")
+
+
+def fraction_quality(
+    sets: dict[str, Path], params: QualityParams, net, real: tuple, scored: dict[str, dict]
+) -> dict[str, dict]:
+    """``{"f0.5": {fid, mmd_x1e4, precision, recall, ms_ssim, n_samples}, ...}``: each fraction
+    set against the same real test slices with the same feature net and subset rule as the
+    stage's own set, so FID and friends can be set against the Dice difference each fraction's
+    set produced (``pipeline.augment.usefulness``). ``scored`` maps a set name already measured
+    (the ``--synthetic`` set) to its metrics, which are reused."""
+    out = {}
+    for name, folder in sets.items():
+        if name in scored:
+            metrics = scored[name]
+        else:
+            image, mask, _ = load_slices(folder, "synthetic")
+            oi = _subset(len(image), params.n_samples, params.seed + 1)
+            metrics = _set_metrics(params, net, real, (image[oi], mask[oi]), False)
+        out[name] = _json_safe({k: metrics[k] for k in FRACTION_METRICS})
+    return out
 
 
 def _json_safe(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -291,6 +323,8 @@ def run(
     known = {} if reference else {Path(synthetic_dir).resolve(): (other[2], mem)}
     by_fraction = fraction_memorization(sets, train, threshold, params, known)
     metrics.update({f"{FRACTION_PREFIX}{r['set']}": r["share"] for r in by_fraction})
+    own = {n: metrics for n, f in sets.items() if not reference and _same(f, synthetic_dir)}
+    quality = fraction_quality(sets, params, net, real, own)
     metrics["seconds"] = round(time.perf_counter() - t0, 2)
 
     flags = mem["flags"][oi] if not reference else np.zeros(len(oi), bool)
@@ -310,4 +344,6 @@ def run(
         write_contact_sheet(tmp / GRID_NAME, panels, ncols=4)
         write_json(tmp / MEMORIZATION_NAME, record)
         write_json(tmp / METRICS_NAME, _json_safe(metrics))
+        if quality:
+            write_json(tmp / BY_FRACTION_NAME, quality)
     return metrics

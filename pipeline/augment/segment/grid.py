@@ -397,7 +397,8 @@ def run_experiment(
             f"{record['n_real']} real + {record['n_synthetic']} synthetic; {how})"
         )  # fmt: skip
     rows = [] if shard is not None else write_results(records, params, Path(out_dir))
-    if shard is None and faithful:
+    if shard is None:  # always written (header only without synthetic sets): a DVC output
+        (Path(out_dir) / faith.DIRNAME).mkdir(exist_ok=True)
         faith_rows = faith.aggregate(faithful)
         for name, text in (("faithfulness.md", faith.table_markdown(faith_rows)),
                            ("faithfulness.csv", faith.table_csv(faith_rows))):  # fmt: skip
