@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ct-quality": ("pipeline.stages.ct_quality", "synthetic vs real test CT: MMD, FID, anatomy"),
     "ct-quality-report": ("pipeline.stages.ct_quality_report", "CT quality comparison table"),
     "segment": ("pipeline.stages.segment", "MONAI UNet per condition: Dice on held-out patients"),
+    "usefulness": ("pipeline.stages.usefulness", "which synthetic-set quality predicts Dice gain"),
     "report": ("pipeline.stages.report", "one self-contained HTML report of the whole run"),
     "export": ("pipeline.stages.export", "synthetic set -> DICOM study (SC + SEG), PACS C-STORE"),
     "serve": ("pipeline.stages.serve", "Prefect: the DAG on a cron schedule, exports on request"),

@@ -95,6 +95,25 @@ def _segment_records() -> list[dict]:
     return records
 
 
+def _faithfulness_and_usefulness(ct: Path) -> None:
+    """The segment stage's faithfulness table and ``gvae usefulness``'s output, by their writers."""
+    from pipeline.augment import usefulness as U
+    from pipeline.augment.segment import faithfulness as F
+
+    records = [{"model": m, "fraction": f, "seed": 0, "n_train_patients": 4, "n_scored": 8,
+                "faithfulness": 0.1 * i + f / 10, "ceiling": 0.5}
+               for i, m in enumerate(CT_MODELS) for f in (1.0, 0.1)]  # fmt: skip
+    rows = F.aggregate(records)
+    (ct / "segment/faithfulness.md").write_text(F.table_markdown(rows))
+    (ct / "segment/faithfulness.csv").write_text(F.table_csv(rows))
+    for i, m in enumerate(CT_MODELS):
+        by_fraction = {f"f{f}": {"fid": 10.0 + i, "mmd_x1e4": 1.0 + f, "precision": 0.5,
+                                 "recall": 0.4, "ms_ssim": 0.2, "n_samples": 8}
+                       for f in (1.0, 0.1)}  # fmt: skip
+        (ct / "quality" / m / "by_fraction.json").write_text(json.dumps(by_fraction))
+    U.run(ct / "quality", ct / "segment", ct / "usefulness")
+
+
 def make_run_tree(root: Path, datasets: tuple[str, ...] = ("mnist",)) -> dict[str, Path]:
     """Write params, stage outputs, ``dvc.lock`` and a clean git commit under ``root``.
 
@@ -133,6 +152,7 @@ def make_run_tree(root: Path, datasets: tuple[str, ...] = ("mnist",)) -> dict[st
     ct_quality_report.run(evals, data / "ct/quality_report", order=CT_MODELS)
     (data / "ct/segment").mkdir(parents=True)
     write_results(_segment_records(), SegmentParams(n_boot=200), data / "ct/segment")
+    _faithfulness_and_usefulness(data / "ct")
     lock = {
         "schema": "2.0",
         "stages": {
@@ -183,6 +203,7 @@ def make_run_tree(root: Path, datasets: tuple[str, ...] = ("mnist",)) -> dict[st
         "ct_quality": evals,
         "ct_quality_report": data / "ct/quality_report",
         "segment": data / "ct/segment",
+        "usefulness": data / "ct/usefulness",
         "lock": root / "dvc.lock",
         "repo": root,
         "out": data / "report/index.html",
@@ -191,7 +212,8 @@ def make_run_tree(root: Path, datasets: tuple[str, ...] = ("mnist",)) -> dict[st
 
 def cli_args(paths: dict[str, Path]) -> list[str]:
     """``gvae report`` arguments for the ``paths`` of ``make_run_tree``."""
-    flags = ["tables", "train_runs", "ct_quality", "ct_quality_report", "segment", "lock", "repo"]
+    flags = ["tables", "train_runs", "ct_quality", "ct_quality_report", "segment", "usefulness",
+             "lock", "repo"]  # fmt: skip
     args = ["report", "--params", str(paths["params"]), "--out", str(paths["out"])]
     for flag in flags:
         args += [f"--{flag.replace('_', '-')}", str(paths[flag])]

@@ -40,6 +40,8 @@ TABLE_ROWS = {
     "table-memorization": [*CT_MODELS, "real"],
     "table-memorization-fractions": CT_MODELS,  # the real floor has no fraction sets
     "table-segmentation": ["real", "real+syn:gvae"],
+    "table-faithfulness": CT_MODELS,
+    "table-usefulness": ["mask faithfulness (real-trained UNet Dice)", "FID (in-domain features)"],
     "table-checksums": ["tables@mnist"],
 }
 # Before the report's own end of body: records what the browser decoded into DOM attributes.

@@ -213,18 +213,26 @@ def ct_quality_section(quality_dir: Path, report_dir: Path, ct_models: list[str]
     }
 
 
-def segment_section(segment_dir: Path) -> dict:
-    """Return the segmentation section: Dice table (with CIs) and the Dice-vs-size plot."""
+def segment_section(segment_dir: Path, usefulness_dir: Path | None = None) -> dict:
+    """Return the segmentation section: Dice table (with CIs), the Dice-vs-size plot, the mask
+    faithfulness table and the quality-vs-usefulness correlations (``gvae usefulness``)."""
     seg = table(
         segment_dir / "table.md", segment_dir / "results.csv", (segment_dir / "metrics.json",)
     )
     plot = image(segment_dir / "dice_vs_size.png", "test Dice against training-set size")
+    faith = table(segment_dir / "faithfulness.md", segment_dir / "faithfulness.csv")
+    useful = None
+    if usefulness_dir is not None:
+        useful = table(usefulness_dir / "table.md", usefulness_dir / "table.csv",
+                       (usefulness_dir / "points.csv",))  # fmt: skip
     produced = bool(seg or plot)
     return {
         "id": "segmentation",
         "title": "Segmentation with synthetic augmentation",
         "produced": produced,
         "table": seg,
+        "faithfulness": faith,
+        "usefulness": useful,
         "plots": [plot] if plot else [],
         "reason": "" if produced else f"{NOT_PRODUCED} (nothing in {segment_dir})",
     }
@@ -273,6 +281,7 @@ class Inputs:
     ct_quality: Path  # <set>/grid.png, memorization.json (gvae ct-quality)
     ct_quality_report: Path  # table.md, table.csv (gvae ct-quality-report)
     segment: Path  # table.md, results.csv, metrics.json, *.png (gvae segment)
+    usefulness: Path | None = None  # table.md, table.csv, points.csv (gvae usefulness)
 
 
 def build_context(
@@ -293,7 +302,7 @@ def build_context(
         sanity_section(ds, ds in datasets, inputs.tables, inputs.train_runs, models) for ds in known
     ]
     ct = ct_quality_section(inputs.ct_quality, inputs.ct_quality_report, ct_models)
-    segmentation = segment_section(inputs.segment)
+    segmentation = segment_section(inputs.segment, inputs.usefulness)
     sections = [*sanity, ct["quality"], ct["memorization"], segmentation]
     return {
         "title": "GVAE pipeline: run report",

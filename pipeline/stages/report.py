@@ -29,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         ("--ct-quality", "data/ct/quality", "folder of <set>/grid.png, memorization.json"),
         ("--ct-quality-report", "data/ct/quality_report", "folder of table.md, table.csv"),
         ("--segment", "data/ct/segment", "folder of table.md, metrics.json, forest.png, ..."),
+        ("--usefulness", "data/ct/usefulness", "folder of table.md, table.csv, points.csv"),
     )
     for flag, default, help_ in folders:
         parser.add_argument(flag, type=Path, default=Path(default), help=f"{help_} (%(default)s)")
@@ -88,6 +89,7 @@ def main(args: argparse.Namespace) -> int:
         ct_quality=args.ct_quality,
         ct_quality_report=args.ct_quality_report,
         segment=args.segment,
+        usefulness=args.usefulness,
     )
     try:
         html = run(params, inputs, args.lock, args.repo, args.out, run_shape(params))
