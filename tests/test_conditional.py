@@ -108,6 +108,32 @@ def test_generate_draws_for_the_runs_own_patients_masks(tmp_path, masks):
             assert not any(np.array_equal(m, t) for t in others)
     index = json.loads((tmp_path / "syn" / "index.json").read_text())
     assert index["source"]["conditional"] is True and set(meta["case_id"]) == {"syn-cgvae"}
+    assert (tmp_path / "syn" / "draws.png").stat().st_size > 0  # several draws per mask
+
+
+def test_draw_panels_repeat_one_mask_per_row_and_show_its_deformations():
+    """Each row: the condition, then draws for exactly that mask (different z, so different
+    images); the deformed row: one real mask, then deformations of that same slice's mask."""
+    from models.registry import build_model
+    from pipeline.augment.draw_grid import draw_panels
+
+    image, mask = toy_pairs(6, 16, seed=2)
+    conditions = deform_masks(image, mask, DeformParams(draws_per_mask=3), seed=0)
+    model = build_model("cgvae", {"latent_dim": 4, "width": 8, "max_width": 16}, 2, 16)
+    panels = draw_panels(model, conditions, seed=0, rows=2, draws=3, originals=(image, mask))
+    rows = [panels[k : k + 4] for k in range(0, 8, 4)]
+    for row in rows:
+        assert [p.title for p in row] == ["condition", "draw 1", "draw 2", "draw 3"]
+        assert all(np.array_equal(p.mask, row[0].mask) for p in row)
+        assert not np.allclose(row[1].image, row[2].image)
+    assert not np.array_equal(rows[0][0].mask, rows[1][0].mask)  # different source slices
+    deformed = panels[8:]
+    assert deformed[0].title == "real mask" and len(deformed) >= 2
+    source = next(i for i in range(6) if np.array_equal(image[i, 0], deformed[0].image))
+    assert np.array_equal(deformed[0].mask, mask[source, 0])
+    for p in deformed[1:]:
+        assert p.title.startswith("deformed") and np.array_equal(p.image, image[source, 0])
+        assert not np.array_equal(p.mask, mask[source, 0])
 
 
 def test_conditional_generate_bad_input_is_named_and_writes_nothing(tmp_path, capsys):

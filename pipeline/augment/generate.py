@@ -21,6 +21,7 @@ written atomically in the slices shard format (``pipeline.io.shards``) with one 
     synthetic/shard-00000.npz ...   case_id "syn-<model>", slice_index = draw number
     summary.json      drawn / kept / dropped per mask kind
     grid.png          kept pairs with the mask outlined in red
+    draws.png         mask-conditioned runs: several draws per mask (``pipeline.augment.draw_grid``)
 
 The geometry (pixel spacing, window) comes from the run's ``data.json``, written when the
 generator was trained, so a synthetic slice is placed in the same physical space as the real
@@ -311,4 +312,20 @@ def run(
             for i in range(min(GRID_PANELS, len(got.image)))
         ]
         write_contact_sheet(tmp / "grid.png", panels)
+        if conditions is not None:
+            write_contact_sheet(tmp / DRAWS_NAME, _draws(model, conditions, params, record, seed),
+                                ncols=DRAWS + 1)  # fmt: skip
     return summary
+
+
+DRAWS_NAME, DRAWS = "draws.png", 5
+
+
+def _draws(model, conditions, params: GenerateParams, record: dict, seed: int) -> list:
+    """The panels of ``draws.png`` (``pipeline.augment.draw_grid``); with deformed masks the
+    last row shows one training mask and its deformations."""
+    from pipeline.augment.conditions import training_pairs
+    from pipeline.augment.draw_grid import draw_panels
+
+    originals = training_pairs(record) if params.masks == "deformed" else None
+    return draw_panels(model, conditions, seed, draws=DRAWS, originals=originals)
