@@ -223,3 +223,16 @@ def test_report_without_segmentation_says_so_first(tmp_path, monkeypatch):
     lead = html[html.index('id="summary"') : html.index("<section")]
     assert "No segmentation output in this run" in lead and "Profile <code>cpu</code>" in lead
     assert "<img " not in lead and 'id="summary-answer"' not in lead
+
+
+@pytest.mark.parametrize(
+    ("seeds", "text"),
+    [([1], "1 seed per condition"), ([3, 5], "3-5 seeds per condition"), (3, "3 seeds per")],
+)
+def test_the_opening_names_the_seed_counts(seeds, text):
+    """With segment.seeds_by_fraction the fractions run different seed counts: the opening
+    gives the range; an older run's single count still reads."""
+    from pipeline.report.summary import profile_text
+
+    scale = profile_text({"profile": "full", "image_size": 64, "segment_seeds": seeds})["scale"]
+    assert text in scale

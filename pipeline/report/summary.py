@@ -37,8 +37,11 @@ def _budget(params: dict[str, Any]) -> str:
     if params.get("segment_steps"):
         parts.append(f"{params['segment_steps']} UNet steps per run")
     seeds = params.get("segment_seeds")
+    if isinstance(seeds, int):  # a report of an older run: one count
+        seeds = [seeds]
     if seeds:
-        parts.append(f"{seeds} seed{'' if seeds == 1 else 's'} per condition")
+        count = str(seeds[0]) if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}"
+        parts.append(f"{count} seed{'' if count == '1' else 's'} per condition")
     return ", ".join(parts)
 
 

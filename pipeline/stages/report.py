@@ -73,7 +73,8 @@ def run_shape(params: Path) -> dict:
         # ct.train is merged over the train section for CT runs: its steps win when given.
         "ct_train_steps": ct.train.get("steps", load_section(params, "train").steps),
         "segment_steps": segment.steps,
-        "segment_seeds": len(segment.seeds),
+        # {fewest, most} seeds over the fractions (segment.seeds_by_fraction adds some)
+        "segment_seeds": sorted({len(segment.seeds_of(f)) for f in segment.fractions}),
         "ci_level": round(100 * (1 - segment.alpha)),
     }
 
