@@ -67,6 +67,7 @@ def test_registry_lists_all_models():
         "gan",
         "gan_drift_reg",
         "gvae",
+        "spade_gan",
         "vae",
         "vae_gan",
         "wgan",

@@ -2,13 +2,16 @@
 
 Models configured by ``NetConfig`` share one tiny dict (each test file picks its own); a model
 whose config has no ``latent_dim`` field (the diffusion model: its latent is the initial noise)
-gets ``DIFFUSION_TINY``: two UNet levels of 8 channels, 8 training timesteps, 3 DDIM steps.
+gets ``DIFFUSION_TINY``: two UNet levels of 8 channels, 8 training timesteps, 3 DDIM steps; the
+SPADE GAN (MONAI's SPADENet, not a ``NetConfig``) gets ``SPADE_TINY``: two 8/16-channel levels
+and two one-layer PatchGANs, 16 px and up.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from models.config import NetConfig
 from models.registry import lookup
 
 DIFFUSION_TINY = {
@@ -20,9 +23,20 @@ DIFFUSION_TINY = {
     "ddim_steps": 3,
 }
 
+SPADE_TINY = {
+    "latent_dim": 8,
+    "num_channels": [8, 16],
+    "spade_hidden": 8,
+    "disc_channels": 8,
+    "disc_layers": 1,
+}
+
 
 def tiny_config(name: str, net_tiny: dict[str, Any], **over: Any) -> dict[str, Any]:
-    """``net_tiny`` (or ``DIFFUSION_TINY``, see the module docstring) with ``over`` applied."""
+    """``net_tiny`` (or the family's own tiny dict, see the module docstring) with ``over``."""
     _, config_cls = lookup(name)
-    base = net_tiny if "latent_dim" in config_cls.model_fields else DIFFUSION_TINY
+    if issubclass(config_cls, NetConfig):
+        base = net_tiny
+    else:
+        base = SPADE_TINY if "num_channels" in config_cls.model_fields else DIFFUSION_TINY
     return {**base, **over}
