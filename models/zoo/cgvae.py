@@ -53,6 +53,20 @@ def drawn_region(mask: Tensor, margin: int) -> Tensor:
     return F.max_pool2d(inside, 2 * margin + 1, stride=1, padding=margin)
 
 
+def mask_condition(pairs: Tensor, context: str, margin: int) -> tuple[Tensor, Tensor | None]:
+    """(condition (B, k, H, W), drawn region (B, 1, H, W) or None) of (image, mask) pairs.
+
+    ``context: none``: the mask alone (k = 1), no region. ``background``: the mask and the real
+    image with the drawn region (``drawn_region``) blanked to -1 (k = 2), and that region.
+    """
+    mask = pairs[:, 1:]
+    if context == "none":
+        return mask, None
+    region = drawn_region(mask, margin)
+    background = torch.where(region > 0, torch.full_like(pairs[:, :1], -1.0), pairs[:, :1])
+    return torch.cat([mask, background], dim=1), region
+
+
 @register("cgvae", CGVAEConfig)
 class CGVAE(GenerativeModel):
     """Mask-conditioned GVAE; see the module docstring."""
@@ -75,19 +89,10 @@ class CGVAE(GenerativeModel):
         self.widths = widths
 
     # ----------------------------------------------------------------- condition
-    def _condition(self, pairs: Tensor) -> tuple[Tensor, Tensor | None]:
-        """(generator condition (B, k, H, W), drawn region or None) of (image, mask) pairs."""
-        mask = pairs[:, 1:]
-        if self.config.context == "none":
-            return mask, None
-        region = drawn_region(mask, self.config.context_margin_px)
-        background = torch.where(region > 0, torch.full_like(pairs[:, :1], -1.0), pairs[:, :1])
-        return torch.cat([mask, background], dim=1), region
-
     def _draw(self, z: Tensor, pairs: Tensor) -> Tensor:
         """Images (B, 1, H, W) drawn for the masks of ``pairs``; with ``context: background``
         the real image outside the drawn region."""
-        cond, region = self._condition(pairs)
+        cond, region = mask_condition(pairs, self.config.context, self.config.context_margin_px)
         image = self.generator(z, cond)
         if region is not None:
             image = region * image + (1 - region) * pairs[:, :1]
