@@ -2,7 +2,8 @@
 
 Models configured by ``NetConfig`` share one tiny dict (each test file picks its own); a model
 whose config has no ``latent_dim`` field (the diffusion model: its latent is the initial noise)
-gets ``DIFFUSION_TINY``: two UNet levels of 8 channels, 8 training timesteps, 3 DDIM steps.
+gets ``DIFFUSION_TINY``: two UNet levels of 8 channels, 8 training timesteps, 3 DDIM steps
+(3 ``sample_steps`` for the model whose sampler is a setting, the conditional one).
 """
 
 from __future__ import annotations
@@ -24,5 +25,10 @@ DIFFUSION_TINY = {
 def tiny_config(name: str, net_tiny: dict[str, Any], **over: Any) -> dict[str, Any]:
     """``net_tiny`` (or ``DIFFUSION_TINY``, see the module docstring) with ``over`` applied."""
     _, config_cls = lookup(name)
-    base = net_tiny if "latent_dim" in config_cls.model_fields else DIFFUSION_TINY
+    fields = config_cls.model_fields
+    if "latent_dim" in fields:
+        return {**net_tiny, **over}
+    base = {k: v for k, v in DIFFUSION_TINY.items() if k in fields}
+    if "sample_steps" in fields:
+        base["sample_steps"] = DIFFUSION_TINY["ddim_steps"]
     return {**base, **over}
