@@ -61,6 +61,7 @@ def test_registry_lists_all_models():
         "alpha_gan",
         "beta_tcvae",
         "beta_vae",
+        "cddpm",
         "cgvae",
         "constrained_vae_gan",
         "ddpm",
@@ -78,8 +79,10 @@ def test_registry_lists_all_models():
 @pytest.mark.parametrize("name,channels,size", _cases())
 def test_build_sample_decode(name, channels, size):
     model = _build(name, channels, size)
-    # A diffusion model's latent is its initial noise x_T: one value per pixel and channel.
-    latent = 8 if "latent_dim" in type(model.config).model_fields else channels * size * size
+    # A diffusion model's latent is its initial noise x_T: one value per pixel of each channel
+    # it draws (a mask-conditioned one draws the image channel only).
+    drawn = channels - model.conditional
+    latent = 8 if "latent_dim" in type(model.config).model_fields else drawn * size * size
     assert (model.name, model.channels, model.size) == (name, channels, size)
     assert model.latent_dim == latent
     cond = _pairs(size, 5) if model.conditional else None

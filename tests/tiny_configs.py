@@ -2,7 +2,8 @@
 
 Models configured by ``NetConfig`` share one tiny dict (each test file picks its own); a model
 whose config has no ``latent_dim`` field (the diffusion model: its latent is the initial noise)
-gets ``DIFFUSION_TINY``: two UNet levels of 8 channels, 8 training timesteps, 3 DDIM steps; the
+gets ``DIFFUSION_TINY``: two UNet levels of 8 channels, 8 training timesteps, 3 DDIM steps
+(3 ``sample_steps`` for the model whose sampler is a setting, the conditional one); the
 SPADE GAN (MONAI's SPADENet, not a ``NetConfig``) gets ``SPADE_TINY``: two 8/16-channel levels
 and two one-layer PatchGANs, 16 px and up.
 """
@@ -35,8 +36,13 @@ SPADE_TINY = {
 def tiny_config(name: str, net_tiny: dict[str, Any], **over: Any) -> dict[str, Any]:
     """``net_tiny`` (or the family's own tiny dict, see the module docstring) with ``over``."""
     _, config_cls = lookup(name)
+    fields = config_cls.model_fields
     if issubclass(config_cls, NetConfig):
         base = net_tiny
+    elif "num_channels" in fields:
+        base = SPADE_TINY
     else:
-        base = SPADE_TINY if "num_channels" in config_cls.model_fields else DIFFUSION_TINY
+        base = {k: v for k, v in DIFFUSION_TINY.items() if k in fields}
+        if "sample_steps" in fields:
+            base["sample_steps"] = DIFFUSION_TINY["ddim_steps"]
     return {**base, **over}

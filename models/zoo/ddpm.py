@@ -19,7 +19,7 @@ costs seconds per process (see :mod:`models.blocks`).
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -30,9 +30,12 @@ from common.frozen import Frozen
 from models.base import GenerativeModel
 from models.zoo import register
 
+if TYPE_CHECKING:
+    from monai.networks.schedulers import DDIMScheduler
 
-class DDPMConfig(Frozen):
-    """DDPM (Ho et al. 2020) trained on L_simple, sampled with deterministic DDIM (Song et al.).
+
+class DiffusionNetConfig(Frozen):
+    """The denoiser and training noise schedule the diffusion models share (``ddpm``, ``cddpm``).
 
     The network is MONAI's ``DiffusionModelUNet``: ``channels`` per level (each level but the
     last halves the resolution), ``attention_levels`` per level (off: the CPU profile's speed),
@@ -53,10 +56,9 @@ class DDPMConfig(Frozen):
     schedule: Literal["linear_beta", "scaled_linear_beta"] = "linear_beta"
     beta_start: float = Field(1e-4, gt=0.0, lt=1.0, description="beta_1 (Ho et al.: 1e-4)")
     beta_end: float = Field(0.02, gt=0.0, lt=1.0, description="beta_T (Ho et al.: 0.02)")
-    ddim_steps: int = Field(50, ge=1, description="network calls per DDIM sample")
 
     @model_validator(mode="after")
-    def _levels(self) -> DDPMConfig:
+    def _levels(self) -> DiffusionNetConfig:
         if len(self.attention_levels) != len(self.channels):
             raise ValueError(
                 f"attention_levels ({len(self.attention_levels)}) needs one entry per level "
@@ -67,14 +69,68 @@ class DDPMConfig(Frozen):
             raise ValueError(
                 f"channels {bad} are not multiples of norm_num_groups ({self.norm_num_groups})"
             )
-        if self.ddim_steps > self.num_train_timesteps:
-            raise ValueError(
-                f"ddim_steps ({self.ddim_steps}) must be <= num_train_timesteps "
-                f"({self.num_train_timesteps})"
-            )
         if self.beta_start >= self.beta_end:
             raise ValueError(f"beta_start ({self.beta_start}) must be < beta_end ({self.beta_end})")
         return self
+
+
+def check_sample_steps(setting: str, steps: int, num_train_timesteps: int) -> None:
+    """``ValueError`` naming ``setting`` unless a sampler's ``steps`` fit in the T training
+    timesteps (a sampler visits a subset of them)."""
+    if steps > num_train_timesteps:
+        raise ValueError(
+            f"{setting} ({steps}) must be <= num_train_timesteps ({num_train_timesteps})"
+        )
+
+
+class DDPMConfig(DiffusionNetConfig):
+    """DDPM (Ho et al. 2020) trained on L_simple, sampled with deterministic DDIM (Song et al.)."""
+
+    ddim_steps: int = Field(50, ge=1, description="network calls per DDIM sample")
+
+    @model_validator(mode="after")
+    def _steps(self) -> DDPMConfig:
+        check_sample_steps("ddim_steps", self.ddim_steps, self.num_train_timesteps)
+        return self
+
+
+def diffusion_unet(
+    config: DiffusionNetConfig, in_channels: int, out_channels: int, size: int
+) -> torch.nn.Module:
+    """MONAI's ``DiffusionModelUNet`` of ``config`` for ``size``-pixel images; ``ValueError``
+    when ``size`` does not take one halving per level but the last (down to >= 2 px)."""
+    from monai.networks.nets import DiffusionModelUNet
+
+    c = config
+    downsamples = len(c.channels) - 1
+    if size % 2**downsamples or size // 2**downsamples < 2:
+        raise ValueError(
+            f"size {size} does not allow {downsamples} halvings of channels {c.channels}"
+        )
+    return DiffusionModelUNet(
+        spatial_dims=2,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        num_res_blocks=c.num_res_blocks,
+        channels=c.channels,
+        attention_levels=c.attention_levels,
+        norm_num_groups=c.norm_num_groups,
+        num_head_channels=c.num_head_channels,
+    )
+
+
+def ddim_scheduler(config: DiffusionNetConfig) -> DDIMScheduler:
+    """MONAI's ``DDIMScheduler`` of ``config``'s beta schedule; each DDIM step clips its
+    predicted x_0 to the data range [-1, 1] (``clip_sample``)."""
+    from monai.networks.schedulers import DDIMScheduler
+
+    return DDIMScheduler(
+        num_train_timesteps=config.num_train_timesteps,
+        schedule=config.schedule,
+        clip_sample=True,
+        beta_start=config.beta_start,
+        beta_end=config.beta_end,
+    )
 
 
 def noise_prediction_loss(predicted: Tensor, noise: Tensor) -> Tensor:
@@ -96,34 +152,9 @@ class DDPM(GenerativeModel):
 
     def __init__(self, config: DDPMConfig, channels: int, size: int) -> None:
         super().__init__(config, channels, size)
-        from monai.networks.nets import DiffusionModelUNet
-        from monai.networks.schedulers import DDIMScheduler
-
-        c = config
-        downsamples = len(c.channels) - 1
-        if size % 2**downsamples or size // 2**downsamples < 2:
-            raise ValueError(
-                f"size {size} does not allow {downsamples} halvings of channels {c.channels}"
-            )
         self.latent_dim = channels * size * size  # z is x_T, flattened
-        self.unet = DiffusionModelUNet(
-            spatial_dims=2,
-            in_channels=channels,
-            out_channels=channels,
-            num_res_blocks=c.num_res_blocks,
-            channels=c.channels,
-            attention_levels=c.attention_levels,
-            norm_num_groups=c.norm_num_groups,
-            num_head_channels=c.num_head_channels,
-        )
-        # clip_sample: each step's predicted x_0 is clipped to the data range [-1, 1].
-        self.scheduler = DDIMScheduler(
-            num_train_timesteps=c.num_train_timesteps,
-            schedule=c.schedule,
-            clip_sample=True,
-            beta_start=c.beta_start,
-            beta_end=c.beta_end,
-        )
+        self.unet = diffusion_unet(config, channels, channels, size)
+        self.scheduler = ddim_scheduler(config)
 
     def losses(self, x: Tensor) -> dict[str, Tensor]:
         """{"mse", "total"}: L_simple for one uniform timestep and noise draw per image."""
