@@ -118,8 +118,9 @@ def test_coarser_rtstruct_outlines_still_fill_the_pancreas(real):
 def test_rtstruct_roi_is_chosen_by_name(real):
     grid = ct_grid(real["affine"], real["meta"])
     tol = (PARAMS.label_grid_tolerance_mm, PARAMS.label_outside_tolerance_mm)
-    body, placement = read_dicom_label(real["rtstruct"], grid, "^body$", *tol)
+    body, placement, warnings = read_dicom_label(real["rtstruct"], grid, "^body$", *tol)
     assert placement == "rtstruct-polygon" and np.count_nonzero(body) == 60 * 60
+    assert warnings == ()
     with pytest.raises(ValueError) as err:
         read_dicom_label(real["rtstruct"], grid, "kidney", *tol)
     message = str(err.value)
@@ -194,8 +195,8 @@ def square(lo: float, hi: float, k: float) -> Dataset:
 
 
 def test_inner_contour_cuts_a_hole():
-    out = fill_contours([square(1.5, 9.5, 2), square(3.5, 6.5, 2)], SMALL, 0.1, 1.0)
-    assert out.shape == SMALL.shape and out.flags.f_contiguous
+    out, skipped = fill_contours([square(1.5, 9.5, 2), square(3.5, 6.5, 2)], SMALL, 0.1, 1.0)
+    assert skipped == [] and out.shape == SMALL.shape and out.flags.f_contiguous
     assert np.count_nonzero(out) == 8 * 8 - 3 * 3 and not out[5, 5, 2] and out[2, 2, 2]
     assert np.count_nonzero(out[:, :, [0, 1, 3, 4, 5]]) == 0
 
@@ -234,3 +235,27 @@ def test_frames_with_gaps_stack_on_the_ct_lattice():
     assert np.array_equal(label[:, :, 1], masks[0].T) and np.array_equal(label[:, :, 4], masks[1].T)
     assert np.count_nonzero(label) == 3 * 3 + 2
 
+
+def test_contours_enclosing_no_area_are_skipped_by_name():
+    """rt-utils outlines an isolated pixel with one point and a one-pixel line with two; a
+    polygon through collinear points encloses nothing either. Each is skipped and named."""
+    point = closed([(4, 4, 3)])
+    line = closed([(4, 4, 3), (6, 4, 3)])
+    collinear = closed([(4, 4, 3), (5, 5, 3), (6, 6, 3)])
+    names = ["ROI 'P' contour 1", "ROI 'P' contour 2", "ROI 'P' contour 3", "ROI 'P' contour 4"]
+    out, skipped = fill_contours(
+        [square(1.5, 9.5, 2), point, line, collinear], SMALL, 0.1, 1.0, names
+    )
+    assert np.count_nonzero(out) == 8 * 8 and not out[:, :, 3].any()
+    assert skipped == [
+        "ROI 'P' contour 2 (1 point(s) at z = 6 mm, CT slice 3)",
+        "ROI 'P' contour 3 (2 point(s) at z = 6 mm, CT slice 3)",
+        "ROI 'P' contour 4 (3 point(s) at z = 6 mm, CT slice 3)",
+    ]
+
+
+def test_contour_data_that_are_not_triplets_are_rejected():
+    contour = square(1.5, 4.5, 2)
+    contour.ContourData = contour.ContourData[:-1]
+    with pytest.raises(ValueError, match="contour 1 has 11 ContourData values, not"):
+        fill_contours([contour], SMALL, 0.1, 1.0)

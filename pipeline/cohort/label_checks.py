@@ -168,14 +168,14 @@ def label_on_ct(
     (``pipeline/io/label_dicom.py``), which carries its own geometry and references and is
     always placed by them. Errors name ``label_file``."""
     if not label_file.name.lower().endswith(NIFTI_SUFFIXES):
-        mask, placement = read_dicom_label(
+        mask, placement, warnings = read_dicom_label(
             label_file,
             ct_grid(affine, meta),
             params.roi_pattern,
             params.label_grid_tolerance_mm,
             params.label_outside_tolerance_mm,
         )
-        return PlacedLabel(mask, placement)
+        return PlacedLabel(mask, placement, warnings=warnings)
     raw_label, label_affine = load_label(label_file)
     if not raw_label.any():
         raise ValueError(f"{label_file}: label has no non-zero voxels")
