@@ -259,3 +259,13 @@ def test_contour_data_that_are_not_triplets_are_rejected():
     contour.ContourData = contour.ContourData[:-1]
     with pytest.raises(ValueError, match="contour 1 has 11 ContourData values, not"):
         fill_contours([contour], SMALL, 0.1, 1.0)
+
+
+def test_missing_label_names_every_name_looked_for(tmp_path):
+    with pytest.raises(ValueError) as err:
+        tcia.label_path_for(CASE, tmp_path / "labels", tmp_path)
+    message = str(err.value)
+    assert message.startswith(f"{tmp_path / 'labels' / 'label0001.nii.gz'}: label file not found")
+    for name in ("label0001.seg.nrrd", "label0001.nrrd", "label0001.dcm", f"{CASE}.nii.gz"):
+        assert name in message
+    assert f"SEG / RTSTRUCT file below {tmp_path}" in message
