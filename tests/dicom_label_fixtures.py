@@ -1,4 +1,5 @@
-"""DICOM SEG and RTSTRUCT labels written at test time from a mask on a CT grid.
+"""DICOM SEG and RTSTRUCT labels written at test time from a mask on a CT grid, and the real
+patient they are written for (``real_case``), ingested with each (``ingest_with``).
 
 SEG is written with highdicom, the way a hospital's segmentation tool would, from the real CT
 slices the mask touches. RTSTRUCT is written with pydicom by hand: highdicom has no RT Structure
@@ -11,19 +12,90 @@ Type 1 ones a viewer needs.
 
 from __future__ import annotations
 
+import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pydicom
+import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from skimage.measure import find_contours
 
+from pipeline.cohort import ingest
+from pipeline.cohort.sources import tcia
+from pipeline.io.dicom_read import read_series
+from pipeline.params.loader import IngestParams
+
+CASE = "PANCREAS_0001"
 RTSTRUCT_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
 STUDY_COMPONENT_CLASS = "1.2.840.10008.3.1.2.3.1"  # Detached Study Management (PS3.4), by usage
+
+
+def real_case(real_data_dir: Path, tmp: Path) -> dict:
+    """The real patient for label tests: its case folder, NIfTI label, the series as
+    ``read_series`` returns it (read once: ``series``, ``hu``, ``affine``, ``meta``), a scratch
+    folder ``tmp`` and ``truth``, the NIfTI label on the series' grid by the data README's own
+    pairing (``label[x, y, k]`` is the slice with InstanceNumber k + 1), independent of the
+    geometry code under test."""
+    src = real_data_dir / "pancreas_ct"
+    case_dir = src / "Pancreas-CT" / CASE
+    series = read_series(case_dir)
+    hu, affine, meta = series
+    nifti = src / "TCIA_pancreas_labels-02-05-2017" / "label0001.nii.gz"
+    raw = np.asanyarray(nib.load(nifti).dataobj)
+    truth = np.asfortranarray(raw[:, :, np.asarray(meta.instance_numbers) - 1].astype(np.uint8))
+    return {
+        "case_dir": case_dir,
+        "nifti": nifti,
+        "series": series,
+        "hu": hu,
+        "meta": meta,
+        "affine": affine,
+        "truth": truth,
+        "tmp": tmp,
+    }
+
+
+@contextmanager
+def series_read_once(real: dict) -> Iterator[None]:
+    """Within it, the TCIA source reads ``real["series"]`` instead of the DICOM files again;
+    ``ingest_case`` still runs whole (label lookup, hash, placement, checks, writes)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tcia, "read_series", lambda *args, **kwargs: real["series"])
+        yield
+
+
+def ingest_with(real: dict, name: str, label: Path, as_name: str = "label0001.dcm", **params):
+    """Put ``label`` in a fresh labels folder as ``as_name`` and ingest the real case with it;
+    return (row, label written or None)."""
+    labels = real["tmp"] / name / "labels"
+    labels.mkdir(parents=True)
+    os.symlink(label, labels / as_name)
+    out = real["tmp"] / name / "out"
+    row = ingest.ingest_case(real["case_dir"], labels, out, IngestParams(workers=1, **params))
+    written = None
+    if row["status"] == "ok":
+        written = np.asanyarray(nib.load(out / CASE / ingest.LABEL_FILE).dataobj)
+    return row, written
+
+
+def assert_pancreas_hu(row: dict, warned: bool = False) -> None:
+    """The row is ``ok``, with the HU of pancreas inside its label (102.6 +/- 30.9 by the data
+    README) and a warning only when ``warned``."""
+    assert row["status"] == "ok", row
+    assert 98.0 <= row["label_hu_mean"] <= 108.0 and row["label_hu_sd"] < 40.0, row
+    assert (row["warning"] is not None) == warned, row
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a > 0, b > 0
+    return 2.0 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
 
 
 def write_seg(

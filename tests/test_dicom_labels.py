@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
@@ -26,42 +25,33 @@ from pipeline.cohort import ingest
 from pipeline.cohort.sources import tcia
 from pipeline.io import dicom_read
 from pipeline.io.dicom_geometry import LPS_TO_RAS
-from pipeline.io.dicom_read import read_series
 from pipeline.io.label_dicom import CtGrid, ct_grid, fill_contours, read_dicom_label, stack_frames
 from pipeline.io.label_geometry import place_label
 from pipeline.params.loader import IngestParams
-from tests.dicom_label_fixtures import write_rtstruct, write_seg
+from tests.dicom_label_fixtures import (
+    CASE,
+    assert_pancreas_hu,
+    dice,
+    ingest_with,
+    real_case,
+    series_read_once,
+    write_rtstruct,
+    write_seg,
+)
 
-CASE = "PANCREAS_0001"
 PARAMS = IngestParams(workers=1)
 
 
 @pytest.fixture(scope="module")
 def real(real_data_dir, tmp_path_factory):
     """The real series (read once), the reference mask on its grid, a SEG and an RTSTRUCT."""
-    src = real_data_dir / "pancreas_ct"
-    case_dir = src / "Pancreas-CT" / CASE
-    series = read_series(case_dir)
-    hu, affine, meta = series
-    nifti = src / "TCIA_pancreas_labels-02-05-2017" / "label0001.nii.gz"
-    raw = np.asanyarray(nib.load(nifti).dataobj)
-    truth = np.asfortranarray(raw[:, :, np.asarray(meta.instance_numbers) - 1].astype(np.uint8))
-    tmp = tmp_path_factory.mktemp("dicom_labels")
+    data = real_case(real_data_dir, tmp_path_factory.mktemp("dicom_labels"))
+    truth = data["truth"]
     box = np.zeros_like(truth)
     box[200:260, 200:260, 100] = 1  # a second ROI, for choosing by name
-    data = {
-        "case_dir": case_dir,
-        "nifti": nifti,
-        "hu": hu,
-        "meta": meta,
-        "affine": affine,
-        "truth": truth,
-        "tmp": tmp,
-        "seg": write_seg(tmp / "seg.dcm", list(meta.files), truth),
-    }
+    data["seg"] = write_seg(data["tmp"] / "seg.dcm", list(data["meta"].files), truth)
     data["rtstruct"] = rtstruct(data, "rt", {"Pancreas": truth, "BODY": box})
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(tcia, "read_series", lambda *args, **kwargs: series)
+    with series_read_once(data):
         yield data
 
 
@@ -69,31 +59,6 @@ def rtstruct(real: dict, name: str, rois: dict[str, np.ndarray], **kwargs) -> Pa
     """Write an RTSTRUCT of ``rois`` on the real series as ``<tmp>/<name>.dcm``."""
     files = list(real["meta"].files)
     return write_rtstruct(real["tmp"] / f"{name}.dcm", files, real["affine"], rois, **kwargs)
-
-
-def ingest_with(real: dict, name: str, label: Path, as_name: str = "label0001.dcm", **params):
-    """Put ``label`` in a fresh labels folder as ``as_name`` and ingest the real case with it;
-    return (row, label written or None)."""
-    labels = real["tmp"] / name / "labels"
-    labels.mkdir(parents=True)
-    os.symlink(label, labels / as_name)
-    out = real["tmp"] / name / "out"
-    row = ingest.ingest_case(real["case_dir"], labels, out, IngestParams(workers=1, **params))
-    written = None
-    if row["status"] == "ok":
-        written = np.asanyarray(nib.load(out / CASE / ingest.LABEL_FILE).dataobj)
-    return row, written
-
-
-def assert_pancreas_hu(row: dict) -> None:
-    assert row["status"] == "ok", row
-    assert 98.0 <= row["label_hu_mean"] <= 108.0 and row["label_hu_sd"] < 40.0, row
-    assert row["warning"] is None
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a > 0, b > 0
-    return 2.0 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
 
 
 # ----------------------------------------------------------------------------- SEG
@@ -153,8 +118,9 @@ def test_coarser_rtstruct_outlines_still_fill_the_pancreas(real):
 def test_rtstruct_roi_is_chosen_by_name(real):
     grid = ct_grid(real["affine"], real["meta"])
     tol = (PARAMS.label_grid_tolerance_mm, PARAMS.label_outside_tolerance_mm)
-    body, placement = read_dicom_label(real["rtstruct"], grid, "^body$", *tol)
+    body, placement, warnings = read_dicom_label(real["rtstruct"], grid, "^body$", *tol)
     assert placement == "rtstruct-polygon" and np.count_nonzero(body) == 60 * 60
+    assert warnings == ()
     with pytest.raises(ValueError) as err:
         read_dicom_label(real["rtstruct"], grid, "kidney", *tol)
     message = str(err.value)
@@ -229,8 +195,8 @@ def square(lo: float, hi: float, k: float) -> Dataset:
 
 
 def test_inner_contour_cuts_a_hole():
-    out = fill_contours([square(1.5, 9.5, 2), square(3.5, 6.5, 2)], SMALL, 0.1, 1.0)
-    assert out.shape == SMALL.shape and out.flags.f_contiguous
+    out, skipped = fill_contours([square(1.5, 9.5, 2), square(3.5, 6.5, 2)], SMALL, 0.1, 1.0)
+    assert skipped == [] and out.shape == SMALL.shape and out.flags.f_contiguous
     assert np.count_nonzero(out) == 8 * 8 - 3 * 3 and not out[5, 5, 2] and out[2, 2, 2]
     assert np.count_nonzero(out[:, :, [0, 1, 3, 4, 5]]) == 0
 
@@ -268,3 +234,38 @@ def test_frames_with_gaps_stack_on_the_ct_lattice():
     assert method == "exact"
     assert np.array_equal(label[:, :, 1], masks[0].T) and np.array_equal(label[:, :, 4], masks[1].T)
     assert np.count_nonzero(label) == 3 * 3 + 2
+
+
+def test_contours_enclosing_no_area_are_skipped_by_name():
+    """rt-utils outlines an isolated pixel with one point and a one-pixel line with two; a
+    polygon through collinear points encloses nothing either. Each is skipped and named."""
+    point = closed([(4, 4, 3)])
+    line = closed([(4, 4, 3), (6, 4, 3)])
+    collinear = closed([(4, 4, 3), (5, 5, 3), (6, 6, 3)])
+    names = ["ROI 'P' contour 1", "ROI 'P' contour 2", "ROI 'P' contour 3", "ROI 'P' contour 4"]
+    out, skipped = fill_contours(
+        [square(1.5, 9.5, 2), point, line, collinear], SMALL, 0.1, 1.0, names
+    )
+    assert np.count_nonzero(out) == 8 * 8 and not out[:, :, 3].any()
+    assert skipped == [
+        "ROI 'P' contour 2 (1 point(s) at z = 6 mm, CT slice 3)",
+        "ROI 'P' contour 3 (2 point(s) at z = 6 mm, CT slice 3)",
+        "ROI 'P' contour 4 (3 point(s) at z = 6 mm, CT slice 3)",
+    ]
+
+
+def test_contour_data_that_are_not_triplets_are_rejected():
+    contour = square(1.5, 4.5, 2)
+    contour.ContourData = contour.ContourData[:-1]
+    with pytest.raises(ValueError, match="contour 1 has 11 ContourData values, not"):
+        fill_contours([contour], SMALL, 0.1, 1.0)
+
+
+def test_missing_label_names_every_name_looked_for(tmp_path):
+    with pytest.raises(ValueError) as err:
+        tcia.label_path_for(CASE, tmp_path / "labels", tmp_path)
+    message = str(err.value)
+    assert message.startswith(f"{tmp_path / 'labels' / 'label0001.nii.gz'}: label file not found")
+    for name in ("label0001.seg.nrrd", "label0001.nrrd", "label0001.dcm", f"{CASE}.nii.gz"):
+        assert name in message
+    assert f"SEG / RTSTRUCT file below {tmp_path}" in message

@@ -2,14 +2,16 @@
 
 The pure core of ``gvae ingest`` (``pipeline/cohort/ingest.py`` reads and writes the files):
 a NIfTI label is placed by its affine (``pipeline/io/label_geometry.py``) or, by the
-``label_geometry: instance`` rule, by InstanceNumber; a DICOM SEG / RTSTRUCT by its own geometry
+``label_geometry: instance`` rule, by InstanceNumber; a NRRD label (``pipeline/io/label_nrrd.py``)
+by its space directions and origin; a DICOM SEG / RTSTRUCT by its own geometry
 (``pipeline/io/label_dicom.py``). The HU under the placed label are then compared with soft
 tissue (pancreas 102.6 +/- 30.9 HU on the real patient; a flipped label gives sd 53-72, a
 transposed one sd 155). Every error names the label file.
 
-A NIfTI label must hold 0 and 1 only (``ingest.label_values: binary``), or every non-zero value
-is read as pancreas with a warning naming the values (``nonzero``); other values are never
-written as they are. A NIfTI label grid that covers part of the CT is recorded in the manifest
+A NIfTI or NRRD label image must hold 0 and 1 only (``ingest.label_values: binary``), or every
+non-zero value is read as pancreas with a warning naming the values (``nonzero``); other values
+are never written as they are (a Slicer segmentation is 0/1 once its segments are chosen). A
+NIfTI or NRRD label grid that covers part of the CT is recorded in the manifest
 (``label_coverage``, ``label_geometry.coverage``), with a warning when it ends inside the
 labelled organ or when labelled voxels fall off the CT grid.
 """
@@ -25,6 +27,7 @@ import numpy as np
 from pipeline.io.dicom_read import SeriesMeta
 from pipeline.io.label_dicom import ct_grid, read_dicom_label
 from pipeline.io.label_geometry import coverage, dropped_voxels, open_ends, place_label
+from pipeline.io.label_nrrd import NRRD_SUFFIXES, read_nrrd_label
 from pipeline.io.nifti import NIFTI_SUFFIXES, align_label, load_label
 from pipeline.params.loader import IngestParams
 
@@ -164,23 +167,32 @@ def label_on_ct(
     label_file: Path, affine: np.ndarray, meta: SeriesMeta, params: IngestParams
 ) -> PlacedLabel:
     """Return the label of ``label_file`` on the CT grid: a NIfTI label made binary
-    (``binary_label``) and placed by ``align_to_ct``, anything else as a DICOM SEG / RTSTRUCT
-    (``pipeline/io/label_dicom.py``), which carries its own geometry and references and is
-    always placed by them. Errors name ``label_file``."""
-    if not label_file.name.lower().endswith(NIFTI_SUFFIXES):
-        mask, placement = read_dicom_label(
+    (``binary_label``) and placed by ``align_to_ct``; a NRRD label (``.nrrd``, Slicer's
+    ``.seg.nrrd``: ``pipeline/io/label_nrrd.py``) the same, always by its geometry; anything
+    else as a DICOM SEG / RTSTRUCT (``pipeline/io/label_dicom.py``), which carries its own
+    geometry and references and is always placed by them. Errors name ``label_file``."""
+    name = label_file.name.lower()
+    if not name.endswith((*NIFTI_SUFFIXES, *NRRD_SUFFIXES)):
+        mask, placement, warnings = read_dicom_label(
             label_file,
             ct_grid(affine, meta),
             params.roi_pattern,
             params.label_grid_tolerance_mm,
             params.label_outside_tolerance_mm,
         )
-        return PlacedLabel(mask, placement)
-    raw_label, label_affine = load_label(label_file)
+        return PlacedLabel(mask, placement, warnings=warnings)
+    nrrd = name.endswith(NRRD_SUFFIXES)
+    if nrrd:
+        raw_label, label_affine = read_nrrd_label(label_file, params.roi_pattern)
+    else:
+        raw_label, label_affine = load_label(label_file)
     if not raw_label.any():
         raise ValueError(f"{label_file}: label has no non-zero voxels")
     raw_label, note = binary_label(raw_label, params.label_values, label_file)
-    placed = align_to_ct(raw_label, label_affine, affine, meta, params, label_file)
+    if nrrd:  # NRRD always carries its geometry; the InstanceNumber rule is TCIA's NIfTI's
+        placed = place_nifti(raw_label, label_affine, meta.shape, affine, params, label_file)
+    else:
+        placed = align_to_ct(raw_label, label_affine, affine, meta, params, label_file)
     if note is None:
         return placed
     return PlacedLabel(placed.mask, placed.placement, placed.record, (note, *placed.warnings))

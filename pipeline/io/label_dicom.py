@@ -15,7 +15,10 @@ from the Plane Orientation and Pixel Measures groups. Frames of the selected seg
 stacked by their position along the frame normal (frames exist only where there is label, so
 gaps are normal) into a volume with its own RAS affine, which ``place_label`` puts on the CT
 grid: an exact copy when the frames lie on the CT lattice (a SEG derived from the CT slices),
-nearest neighbour otherwise, rejected when it reaches outside the CT.
+nearest neighbour otherwise, rejected when it reaches outside the CT. A LABELMAP SEG (DICOM
+Supplement 243, SOP class 1.2.840.10008.5.1.4.1.1.66.7, dcmqi's ``--segmentationType labelmap``)
+has no Segment Identification group: each pixel holds its segment number, so every frame is
+stacked and a voxel is label where its value is one of the selected segments.
 
 RTSTRUCT (PS3.3 A.19, C.8.8.6 ROI Contour): ContourData are (x, y, z) in patient LPS mm. Each
 CLOSED_PLANAR contour is mapped to CT voxel indices through the inverse CT affine (built from
@@ -23,6 +26,9 @@ ImagePositionPatient, ImageOrientationPatient and PixelSpacing by ``read_series`
 one CT slice plane, and is filled with ``skimage.draw.polygon`` (pixels whose centre is inside).
 Contours on one slice combine by exclusive or, so a contour inside another cuts a hole (the
 even-odd rule; C.8.8.6.3 allows holes as separate contours, and keyhole contours fill the same).
+A contour of fewer than 3 points or of zero area (rt-utils outlines an isolated pixel with one
+point, a one-pixel line with two) outlines nothing: it is skipped, and the read returns a warning
+naming it, rather than losing the whole label for one pixel.
 
 Segments and ROIs are chosen by a case-insensitive regular expression on SegmentLabel / ROIName;
 several matches are merged. Every error is a ``ValueError`` naming the file.
@@ -51,6 +57,9 @@ from pipeline.io.label_geometry import place_label
 
 LABEL_MODALITIES = ("SEG", "RTSTRUCT")
 MAX_NAMED = 20  # names quoted in one error message
+# A contour enclosing less than this (in CT pixels) is collinear points, not an outline: a
+# polygon through pixel centres encloses at least half a pixel.
+MIN_AREA_VOXELS = 1e-3
 
 
 @dataclass(frozen=True)
@@ -85,11 +94,13 @@ def read_dicom_label(
     roi_pattern: str,
     grid_tolerance_mm: float,
     outside_tolerance_mm: float,
-) -> tuple[np.ndarray, str]:
-    """Read a DICOM SEG or RTSTRUCT and return ``(uint8 mask of grid.shape, placement)``.
+) -> tuple[np.ndarray, str, tuple[str, ...]]:
+    """Read a DICOM SEG or RTSTRUCT and return ``(uint8 mask of grid.shape, placement,
+    warnings)``.
 
     ``placement`` is "seg-exact" / "seg-nearest" (how ``place_label`` put the frame stack on the
-    grid) or "rtstruct-polygon". Raises ``ValueError`` naming ``path`` for an unreadable file,
+    grid) or "rtstruct-polygon"; ``warnings`` (each naming ``path``) name the RTSTRUCT contours
+    skipped for enclosing no area. Raises ``ValueError`` naming ``path`` for an unreadable file,
     another modality, a frame of reference or series that is not the CT's, no segment/ROI name
     matching ``roi_pattern`` (the message lists them), or geometry off or outside the CT grid.
     """
@@ -105,9 +116,12 @@ def read_dicom_label(
     place = seg_on_grid if modality == "SEG" else rtstruct_on_grid
     try:
         check_references(ds, grid)
-        return place(ds, grid, roi_pattern, grid_tolerance_mm, outside_tolerance_mm)
+        mask, placement, warnings = place(
+            ds, grid, roi_pattern, grid_tolerance_mm, outside_tolerance_mm
+        )
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from exc
+    return mask, placement, tuple(f"{path}: {w}" for w in warnings)
 
 
 # ----------------------------------------------------------------------------- references
@@ -178,9 +192,11 @@ def _segment_number(ds: Dataset, frame: int) -> int:
     return int(item.ReferencedSegmentNumber)
 
 
-def seg_masks(ds: Dataset) -> np.ndarray:
-    """Return the frames as bool ``(frames, rows, columns)``: BINARY non-zero, FRACTIONAL at
-    least half of MaximumFractionalValue (a voxel counts when it is at least half inside)."""
+def seg_masks(ds: Dataset, wanted: set[int]) -> tuple[np.ndarray, list[int]]:
+    """Return ``(bool masks (n, rows, columns), their 0-based frame numbers)`` of the segments
+    ``wanted``. BINARY: the frames of those segments, non-zero; FRACTIONAL: the same, at least
+    half of MaximumFractionalValue (a voxel counts when it is at least half inside); LABELMAP:
+    every frame, where the pixel value is one of the segment numbers (Supplement 243)."""
     n, rows, cols = int(ds.get("NumberOfFrames", 1)), int(ds.Rows), int(ds.Columns)
     try:
         pixels = np.asarray(ds.pixel_array).reshape(n, rows, cols)
@@ -188,9 +204,13 @@ def seg_masks(ds: Dataset) -> np.ndarray:
         raise ValueError(
             f"pixel data does not decode into {n} frames of {rows}x{cols} ({exc})"
         ) from exc
-    if str(ds.get("SegmentationType", "BINARY")) == "FRACTIONAL":
-        return pixels >= 0.5 * float(ds.get("MaximumFractionalValue", 255))
-    return pixels > 0
+    kind = str(ds.get("SegmentationType", "BINARY"))
+    if kind == "LABELMAP":
+        return np.isin(pixels, sorted(wanted)), list(range(n))
+    frames = [f for f in range(n) if _segment_number(ds, f) in wanted]
+    if kind == "FRACTIONAL":
+        return pixels[frames] >= 0.5 * float(ds.get("MaximumFractionalValue", 255)), frames
+    return pixels[frames] > 0, frames
 
 
 def _stack_step(proj: np.ndarray, normal: np.ndarray, grid: CtGrid, tol_mm: float) -> float:
@@ -243,26 +263,25 @@ def stack_frames(
 
 def seg_on_grid(
     ds: Dataset, grid: CtGrid, pattern: str, grid_tol: float, outside_tol: float
-) -> tuple[np.ndarray, str]:
+) -> tuple[np.ndarray, str, tuple[str, ...]]:
     """Place the frames of the SEG segments matching ``pattern`` on the CT grid (module doc)."""
     names = {
         int(s.SegmentNumber): str(s.get("SegmentLabel", "")) for s in ds.get("SegmentSequence", [])
     }
     wanted = set(matching(names, pattern, "segment"))
-    masks = seg_masks(ds)
-    frames = [f for f in range(len(masks)) if _segment_number(ds, f) in wanted]
-    if not frames:
-        raise ValueError(f"segment(s) {sorted(wanted)} have no frames (an empty segmentation)")
+    masks, frames = seg_masks(ds, wanted)
+    if not masks.any():
+        raise ValueError(f"segment(s) {sorted(wanted)} have no voxels (an empty segmentation)")
     orientation, spacing, positions = frame_geometry(ds, frames)
-    vol, affine = stack_frames(masks[frames], positions, orientation, spacing, grid, grid_tol)
+    vol, affine = stack_frames(masks, positions, orientation, spacing, grid, grid_tol)
     label, method = place_label(vol, affine, grid.shape, grid.affine, grid_tol, outside_tol)
-    return label, f"seg-{method}"
+    return label, f"seg-{method}", ()
 
 
 # ----------------------------------------------------------------------------- RTSTRUCT
 def rtstruct_on_grid(
     ds: Dataset, grid: CtGrid, pattern: str, grid_tol: float, outside_tol: float
-) -> tuple[np.ndarray, str]:
+) -> tuple[np.ndarray, str, tuple[str, ...]]:
     """Fill the contours of the RTSTRUCT ROIs matching ``pattern`` on the CT grid (module doc)."""
     rois = {int(r.ROINumber): r for r in ds.get("StructureSetROISequence", [])}
     wanted = matching({n: str(r.get("ROIName", "")) for n, r in rois.items()}, pattern, "ROI")
@@ -273,16 +292,26 @@ def rtstruct_on_grid(
                 f"ROI {rois[number].ROIName!r} is in frame of reference {frame}, not the CT's "
                 f"{grid.frame_of_reference_uid}"
             )
-    contours = [
-        contour
-        for item in ds.get("ROIContourSequence", [])
-        if int(item.ReferencedROINumber) in wanted
-        for contour in item.get("ContourSequence", [])
-    ]
+    contours, names = [], []
+    for item in ds.get("ROIContourSequence", []):
+        number = int(item.ReferencedROINumber)
+        if number in wanted:
+            for n, contour in enumerate(item.get("ContourSequence", []), 1):
+                contours.append(contour)
+                names.append(f"ROI {str(rois[number].ROIName)!r} contour {n}")
     if not contours:
-        names = ", ".join(repr(str(rois[n].ROIName)) for n in wanted)
-        raise ValueError(f"ROI(s) {names} have no contours")
-    return fill_contours(contours, grid, grid_tol, outside_tol), "rtstruct-polygon"
+        listed = ", ".join(repr(str(rois[n].ROIName)) for n in wanted)
+        raise ValueError(f"ROI(s) {listed} have no contours")
+    mask, skipped = fill_contours(contours, grid, grid_tol, outside_tol, names)
+    if len(skipped) == len(contours):
+        raise ValueError(f"none of the {len(contours)} contours encloses an area")
+    warnings = ()
+    if skipped:
+        warnings = (
+            f"{len(skipped)} of {len(contours)} RTSTRUCT contours enclose no area and were "
+            f"skipped: {'; '.join(skipped[:MAX_NAMED])}",
+        )
+    return mask, "rtstruct-polygon", warnings
 
 
 def contour_voxels(
@@ -314,25 +343,45 @@ def contour_voxels(
     return ijk, k
 
 
+def enclosed_area(ij: np.ndarray) -> float:
+    """Return the area (in voxels) a closed polygon of in-plane voxel indices (n, 2) encloses,
+    by the shoelace formula; 0 for fewer than 3 points."""
+    if len(ij) < 3:
+        return 0.0
+    x, y = ij[:, 0], ij[:, 1]
+    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+
+
 def fill_contours(
-    contours: list[Dataset], grid: CtGrid, tol_mm: float, outside_tol: float
-) -> np.ndarray:
-    """Return the uint8 CT-shaped (Fortran order) fill of CLOSED_PLANAR ``contours``, combined
-    per slice by exclusive or; any other contour type is a ``ValueError``."""
+    contours: list[Dataset],
+    grid: CtGrid,
+    tol_mm: float,
+    outside_tol: float,
+    names: list[str] | None = None,
+) -> tuple[np.ndarray, list[str]]:
+    """Return ``(uint8 CT-shaped fill (Fortran order), skipped)`` of CLOSED_PLANAR
+    ``contours``, combined per slice by exclusive or. A contour of fewer than 3 points or of
+    zero area (below ``MIN_AREA_VOXELS``) is left out and described in ``skipped`` by its name
+    (``names[i]``, or "contour i + 1"); any other contour type, or ContourData that are not
+    (x, y, z) triplets, is a ``ValueError``."""
+    names = names or [f"contour {n}" for n in range(1, len(contours) + 1)]
     planes: dict[int, np.ndarray] = {}
+    skipped = []
     in_plane = grid.shape[:2]
-    for n, contour in enumerate(contours, 1):
+    for name, contour in zip(names, contours, strict=True):
         kind = str(contour.get("ContourGeometricType", ""))
         if kind != "CLOSED_PLANAR":
-            raise ValueError(
-                f"contour {n} is {kind!r}; only CLOSED_PLANAR contours outline an area"
-            )
+            raise ValueError(f"{name} is {kind!r}; only CLOSED_PLANAR contours outline an area")
         data = np.asarray(contour.get("ContourData", []), dtype=np.float64)
-        if data.size < 9 or data.size % 3:
-            raise ValueError(
-                f"contour {n} has {data.size} ContourData values, not >= 3 (x, y, z) points"
-            )
+        if data.size % 3:
+            raise ValueError(f"{name} has {data.size} ContourData values, not (x, y, z) points")
+        if data.size == 0:
+            skipped.append(f"{name} (no points)")
+            continue
         ijk, k = contour_voxels(data.reshape(-1, 3), grid, tol_mm, outside_tol)
+        if enclosed_area(ijk[:, :2]) < MIN_AREA_VOXELS:
+            skipped.append(f"{name} ({len(ijk)} point(s) at z = {data[2]:g} mm, CT slice {k})")
+            continue
         if not 0 <= k < grid.shape[2]:
             continue  # within the outside tolerance but off the grid: nothing to fill
         inside = np.zeros(in_plane, dtype=bool)
@@ -341,7 +390,7 @@ def fill_contours(
     out = np.zeros(grid.shape, dtype=np.uint8, order="F")
     for k, plane in planes.items():
         out[:, :, k] = plane
-    return out
+    return out, skipped
 
 
 def dicom_labels_in(folder: str | Path) -> list[Path]:

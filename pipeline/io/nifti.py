@@ -11,7 +11,8 @@ affine (``label_geometry.py``), which for TCIA's labels gives the same voxels.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import nibabel as nib
@@ -27,6 +28,18 @@ _CHUNK = 1 << 24
 def _why(exc: BaseException) -> str:
     """The exception's message, or its type where it has none (a MemoryError has none)."""
     return str(exc) or type(exc).__name__
+
+
+@contextmanager
+def unreadable_as(path: Path, what: str) -> Iterator[None]:
+    """Within it, any exception becomes ``ValueError("<path>: unreadable <what> (why)")``,
+    except a ``ValueError`` whose message already starts with ``path``, which passes as it is."""
+    try:
+        yield
+    except Exception as exc:
+        if isinstance(exc, ValueError) and str(exc).startswith(f"{path}: "):
+            raise
+        raise ValueError(f"{path}: unreadable {what} ({_why(exc)})") from exc
 
 
 def _stored_bytes(path: Path, limit: int) -> int:
@@ -64,16 +77,10 @@ def read_volume(path: str | Path, kind: str) -> tuple[np.ndarray, np.ndarray]:
     ``ValueError`` naming the file if it is unreadable, holds fewer bytes than its header
     claims (``check_claimed_size``, before anything is allocated) or is not 3D."""
     path = Path(path)
-    try:
+    with unreadable_as(path, f"NIfTI {kind}"):
         img = nib.load(path)
         check_claimed_size(path, img, kind)
         data = np.asanyarray(img.dataobj)
-    except ValueError as exc:
-        if str(exc).startswith(f"{path}: "):
-            raise
-        raise ValueError(f"{path}: unreadable NIfTI {kind} ({_why(exc)})") from exc
-    except Exception as exc:
-        raise ValueError(f"{path}: unreadable NIfTI {kind} ({_why(exc)})") from exc
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
@@ -91,13 +98,19 @@ def load_label(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise ValueError(f"{path}: label file not found")
     data, affine = read_volume(path, "label")
-    if data.dtype != np.uint8:
-        if not np.all(np.isfinite(data)) or np.any(data != np.round(data)):
-            raise ValueError(f"{path}: label holds non-integer values")
-        if data.min() < 0 or data.max() > 255:
-            raise ValueError(f"{path}: label values {data.min()}..{data.max()} outside 0..255")
-        data = data.astype(np.uint8)
-    return data, affine
+    return uint8_label(data, path), affine
+
+
+def uint8_label(data: np.ndarray, path: Path) -> np.ndarray:
+    """Return a label image as uint8 (``data`` itself when it is uint8 already); raise
+    ``ValueError`` naming ``path`` when it holds values that are not integers in 0..255."""
+    if data.dtype == np.uint8:
+        return data
+    if not np.all(np.isfinite(data)) or np.any(data != np.round(data)):
+        raise ValueError(f"{path}: label holds non-integer values")
+    if data.min() < 0 or data.max() > 255:
+        raise ValueError(f"{path}: label values {data.min()}..{data.max()} outside 0..255")
+    return data.astype(np.uint8)
 
 
 def align_label(

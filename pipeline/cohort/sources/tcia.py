@@ -9,10 +9,12 @@ names, compressed transfer syntaxes, pixel padding, Enhanced CT. Files are read 
 ``ingest.series`` override it) and the manifest row names the chosen series and every skipped
 series and file with the reason.
 
-Labels are NIfTI (placed by their affine), or a DICOM SEG or RTSTRUCT as
-``<labels>/labelNNNN.dcm`` or ``<case_id>.dcm``, or the one SEG / RTSTRUCT file inside the case
-folder (``label_path_for``), matched to the CT by its references and rasterised by its own
-geometry (``pipeline/io/label_dicom.py``); the checks are ``pipeline/cohort/label_checks.py``.
+Labels are ``<labels>/labelNNNN`` or ``<labels>/<case_id>`` as NIfTI (``.nii.gz``, ``.nii``) or
+NRRD (3D Slicer's ``.seg.nrrd``, a ``.nrrd`` label image), placed by their own geometry
+(``pipeline/io/label_nrrd.py`` for NRRD), or as a DICOM SEG or RTSTRUCT (``.dcm``), or the one
+SEG / RTSTRUCT file inside the case folder (``label_path_for``), matched to the CT by its
+references and rasterised by its own geometry (``pipeline/io/label_dicom.py``); the checks are
+``pipeline/cohort/label_checks.py``.
 """
 
 from __future__ import annotations
@@ -30,25 +32,33 @@ from pipeline.io.label_dicom import dicom_labels_in
 from pipeline.params.ingest import IngestParams
 
 _CASE_NUMBER = re.compile(r"(\d+)$")
+# Label file suffixes, in the order they are looked for (``label_path_for``).
+LABEL_SUFFIXES = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".dcm")
 
 
 # ----------------------------------------------------------------------------- pure helpers
+def label_names(case_id: str) -> list[str]:
+    """Return the file names a label of ``case_id`` may have in the labels folder, in order:
+    ``labelNNNN`` (NNNN the case id's trailing number) then ``<case_id>``, each with every
+    suffix of ``LABEL_SUFFIXES``."""
+    match = _CASE_NUMBER.search(case_id)
+    stems = [f"label{match.group(1)}", case_id] if match else [case_id]
+    return [f"{stem}{suffix}" for stem in stems for suffix in LABEL_SUFFIXES]
+
+
 def label_path_for(case_id: str, labels_dir: Path, case_dir: Path | None = None) -> Path:
     """Return the label file for ``case_id`` (PANCREAS_NNNN), looked for in this order:
 
-    1. ``labels_dir/labelNNNN.nii.gz`` or ``.nii`` (TCIA's NIfTI labels),
-       ``labels_dir/labelNNNN.dcm`` or ``labels_dir/<case_id>.dcm`` (a DICOM SEG or RTSTRUCT);
+    1. ``labels_dir/<name>`` for every name of ``label_names``: ``labelNNNN`` or ``<case_id>``
+       with ``.nii.gz`` / ``.nii`` (NIfTI, TCIA's labels), ``.seg.nrrd`` / ``.nrrd`` (3D Slicer's
+       segmentation or a NRRD label image) or ``.dcm`` (a DICOM SEG or RTSTRUCT);
     2. only if none of those exists: the one SEG or RTSTRUCT file below ``case_dir``, a label
        series exported with the CT (PACS and TCIA downloads put it beside the images).
 
-    Raises ``ValueError`` naming the files when a step finds more than one; when none exists
-    the missing ``labelNNNN.nii.gz`` is returned, for the caller's "not found" error.
+    Raises ``ValueError`` naming the files when a step finds more than one, and, when none
+    exists, naming ``labels_dir/labelNNNN.nii.gz`` first, then every name and place looked at.
     """
-    match = _CASE_NUMBER.search(case_id)
-    stem = f"label{match.group(1)}" if match else None
-    names = [f"{case_id}.dcm"]
-    if stem:
-        names = [f"{stem}.nii.gz", f"{stem}.nii", f"{stem}.dcm", *names]
+    names = label_names(case_id)
     found = [labels_dir / n for n in names if (labels_dir / n).is_file()]
     if not found and case_dir is not None:
         found = dicom_labels_in(case_dir)
@@ -57,9 +67,11 @@ def label_path_for(case_id: str, labels_dir: Path, case_dir: Path | None = None)
         raise ValueError(f"{case_id}: {len(found)} label files, expected one: {listed}")
     if found:
         return found[0]
-    if stem is None:
-        raise ValueError(f"{case_id}: case folder name has no trailing case number")
-    return labels_dir / f"{stem}.nii.gz"
+    inside = f", nor a SEG / RTSTRUCT file below {case_dir}" if case_dir is not None else ""
+    raise ValueError(
+        f"{labels_dir / names[0]}: label file not found for case {case_id}: looked for "
+        f"{', '.join(names)} in {labels_dir}{inside}"
+    )
 
 
 def defect_warning(case_dir: Path, meta: SeriesMeta) -> str | None:
@@ -130,8 +142,6 @@ class TciaSource:
     def locate(self, case: TciaCase) -> Located:
         """The case folder's files and its label (``label_path_for``'s order)."""
         label = label_path_for(case.case_id, Path(self.labels), case.folder)
-        if not label.is_file():
-            raise ValueError(f"{label}: label file not found for case {case.case_id}")
         return Located(case.folder, list_files(case.folder), label)
 
     def read(self, case: TciaCase, label: Path) -> CaseVolume:
@@ -160,4 +170,3 @@ class TciaSource:
 
 
 SOURCE = TciaSource
-
