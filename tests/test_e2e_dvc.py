@@ -110,6 +110,7 @@ def test_dvc_repro_whole_dag(tmp_path, real_data_dir):
     third = _run(["dvc", "repro"], work, env)
     quality = {f"ct_quality@{m}" for m in ct_models} | {"ct_quality_real", "ct_quality_report"}
     quality.add("report")  # the run report shows the quality table and grids
+    quality.add("usefulness")  # it correlates each set's quality with the Dice it produced
     assert _stages_run(third) == quality, third
 
     # The window invalidates `slices` alone (the CT stages follow through their data, not their
