@@ -29,6 +29,11 @@ $(STAMP): pyproject.toml
 	@"$(BIN)/python" -c "import torch" 2>/dev/null \
 	  || "$(BIN)/python" -m pip install --quiet --disable-pip-version-check $(TORCH)
 	"$(BIN)/python" -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	@# rt-utils (dev) requires the PyPI `dataclasses` backport for Python 3.6; its dataclasses.py
+	@# in site-packages shadows the standard library for a process started there (Prefect's
+	@# ephemeral API server), which then fails on `dataclass(slots=True)`. The standard library
+	@# has it since 3.7, so the backport goes.
+	"$(BIN)/python" -m pip uninstall --quiet --disable-pip-version-check -y dataclasses
 	@touch "$@"
 
 # Debian packages the tests need (validator, dcmtk, Orthanc, Chromium, npm); only what is missing.
