@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import scipy.stats
 
-from pipeline.io.tables import cell, csv_text, markdown, raw
+from pipeline.io.tables import cell, csv_text, is_missing, markdown, raw
 
 # metric -> (label, the sign of rho a useful metric shows: +1 higher is better, -1 lower is)
 METRICS = {
@@ -153,8 +153,8 @@ def _f(v) -> float:
         return math.nan
 
 
-def _finite(v) -> bool:
-    return isinstance(v, float) and math.isfinite(v)
+def _finite(v: float) -> bool:
+    return not is_missing(v, finite=True)
 
 
 def run(quality_dir, segment_dir, out_dir, alpha: float = 0.05) -> list[dict]:
@@ -175,4 +175,5 @@ def run(quality_dir, segment_dir, out_dir, alpha: float = 0.05) -> list[dict]:
 
 
 def _num(v: float) -> float | None:
-    return v if _finite(v) else None
+    """JSON-safe: NaN -> None (strict JSON readers and ``dvc metrics`` reject NaN)."""
+    return None if is_missing(v, finite=True) else v
