@@ -118,6 +118,7 @@ class Window:
         self.seconds: float | None = None
         self.gpu_util: float | None = None
         self.ended_at: float | None = None
+        self.began_at: float | None = None
         self._t0 = 0.0
         self._sampler: GpuSampler | None = None
 
@@ -126,7 +127,7 @@ class Window:
         sync(self.device)
         if self.device.type == "cuda":
             self._sampler = GpuSampler(self.device).start()
-        self._t0 = time.perf_counter()
+        self._t0 = self.began_at = time.perf_counter()
 
     def end(self) -> None:
         """Stop the clock once the queued work of the timed steps has finished."""
@@ -191,6 +192,30 @@ def add_device_options(
     parser.add_argument("--threads", type=int, help=threads_help)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=device)
     parser.add_argument("--seed", type=int, default=0)
+
+
+_ON_OFF = {"action": argparse.BooleanOptionalAction, "default": None}
+SWITCH_FLAGS: dict[str, dict[str, Any]] = {
+    "precision": {"choices": ("auto", "fp32", "bf16"), "help": "bf16 needs native bf16"},
+    "compile": {**_ON_OFF, "help": "torch.compile"},
+    "channels-last": {**_ON_OFF, "help": "NHWC tensors"},
+}
+
+
+def add_switch_options(parser: argparse.ArgumentParser, *switches: str) -> None:
+    """``--compare`` (per row, today's code path with the switches off and the switched one, in
+    one run, and their ratio) and an override per switch (``SWITCH_FLAGS``: ``--precision``,
+    ``--compile``/``--no-compile``, ``--channels-last``/``--no-channels-last``); an override
+    left out means the params' value."""
+    parser.add_argument(
+        "--compare",
+        action="store_true",
+        help="per row, today's code path (switches off) and the switched one, and the ratio",
+    )
+    for name in switches:
+        spec = dict(SWITCH_FLAGS[name])
+        spec["help"] = f"the switched run's setting: {spec['help']} (default: the params')"
+        parser.add_argument(f"--{name}", **spec)
 
 
 def device_of(args: argparse.Namespace) -> torch.device:

@@ -17,6 +17,7 @@ loads there), hence ``--device cpu`` by default. Prints a markdown table.
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -46,11 +47,17 @@ def measure(name: str, size: int, args, device: torch.device) -> dict:
     """Every figure of one (model, size) row."""
     model_cfg, _ = load_model_config(args.params, name, ct=True)
     params = load_section(args.params, "generate")
-    params = with_overrides(params, {"batch_size": args.batch_size})
+    params = with_overrides(
+        params, {"batch_size": args.batch_size, "channels_last": args.channels_last}
+    )
     pixel_mm = load_section(args.params, "slices").fov_mm / size
     torch.manual_seed(args.seed)
     model = build_model(name, model_cfg, channels=2, size=size).to(device).eval()
-    model.sample(2)  # warm-up: first-call allocations and kernel selection
+    if params.channels_last:
+        model.to(memory_format=torch.channels_last)
+    # Warm-up at the batch shape of the run: oneDNN builds its kernels per shape, and a smaller
+    # warm-up batch left that cost inside the first timed call (half of it at 128 px).
+    model.sample(min(params.batch_size, args.n))
     window = common.Window(device)
     window.begin()
     got = generate_pairs(model, args.n, pixel_mm, params, args.seed)
@@ -80,6 +87,36 @@ def measure(name: str, size: int, args, device: torch.device) -> dict:
     }
 
 
+def compare(name: str, size: int, args, device: torch.device) -> dict:
+    """One ``--compare`` row: ``generate_pairs`` with today's NCHW sampling, then with the
+    switches (``generate.channels_last``, or ``--channels-last``/``--no-channels-last``)."""
+    row = {"model": name, "size": size, "n": args.n}
+    for tag, layout in (("before", False), ("after", args.channels_last)):
+        got = measure(name, size, argparse.Namespace(**{**vars(args), "channels_last": layout}),
+                      device)  # fmt: skip
+        row[tag] = "NHWC" if layout else "NCHW"
+        row[f"{tag}_drawn_s"] = got["drawn_s"]
+        row[f"{tag}_net_s"] = got["net_s"]
+        row["drawn"] = got["drawn"]
+    row["speedup"] = row["after_drawn_s"] / row["before_drawn_s"]
+    return row
+
+
+COMPARE_COLUMNS = [
+    ("model", "model", "s"),
+    ("px", "size", "d"),
+    ("n", "n", "d"),
+    ("drawn", "drawn", "d"),
+    ("before", "before", "s"),
+    ("after", "after", "s"),
+    ("before drawn slices/s", "before_drawn_s", ".1f"),
+    ("after drawn slices/s", "after_drawn_s", ".1f"),
+    ("after/before", "speedup", ".2f"),
+    ("before network only", "before_net_s", ".1f"),
+    ("after network only", "after_net_s", ".1f"),
+]
+
+
 COLUMNS = [
     ("model", "model", "s"),
     ("px", "size", "d"),
@@ -101,8 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", nargs="+", type=int, default=[64], help="pixels (default 64)")
     parser.add_argument("--n", type=int, help="pairs to keep (default: generate.n)")
     parser.add_argument("--batch-size", type=int, help="default: generate.batch_size")
+    common.add_switch_options(parser, "channels-last")  # generate.channels_last
     common.add_device_options(parser, "cpu")
     args = parser.parse_args(argv)
+    if args.channels_last is None:
+        args.channels_last = load_section(args.params, "generate").channels_last
     if args.n is None:
         args.n = load_section(args.params, "generate").n
     if args.n < 1:
@@ -113,13 +153,13 @@ def main(argv: list[str] | None = None) -> int:
     for size in args.sizes:
         for name in names:
             print(f"{name} {size}x{size} ...", file=sys.stderr, flush=True)
-            rows.append(measure(name, size, args, device))
+            rows.append((compare if args.compare else measure)(name, size, args, device))
     meta = {**common.environment(device, torch.get_num_threads()), "n": args.n}
     print(
         f"Generation throughput on {meta['device']} ({meta['threads']} threads, torch "
         f"{meta['torch']}), untrained networks, seed {args.seed}"
     )
-    common.publish(rows, COLUMNS, meta, args.json)
+    common.publish(rows, COMPARE_COLUMNS if args.compare else COLUMNS, meta, args.json)
     return 0
 
 

@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO))
 import models.train.trainer as trainer_module  # noqa: E402
 from benchmarks import common  # noqa: E402
 from models.registry import build_model  # noqa: E402
+from models.train import speed  # noqa: E402
 from models.train.optim import make_optimizer  # noqa: E402
 from models.train.trainer import resolve_device, train  # noqa: E402
 from pipeline.params.loader import with_overrides  # noqa: E402
@@ -128,7 +129,7 @@ class HandLoop:
 
 def clocked_tqdm(window: common.Window, begin_at: int, end_at: int, done: list[float]) -> type:
     """A ``tqdm`` whose iterator opens ``window`` at step index ``begin_at``, closes it at
-    ``end_at`` and appends the stamp of the loop's exhaustion to ``done``.
+    ``end_at`` and appends the stamps of the loop's start and exhaustion to ``done``.
 
     Patched into the trainer, it times the trainer's own loop between two step boundaries,
     without touching its code. The last step (index ``end_at``) carries the final checkpoint
@@ -137,6 +138,7 @@ def clocked_tqdm(window: common.Window, begin_at: int, end_at: int, done: list[f
 
     class ClockedTqdm(tqdm):
         def __iter__(self):
+            done.append(time.perf_counter())
             for i, item in enumerate(super().__iter__()):
                 if i == begin_at:
                     window.begin()
@@ -162,7 +164,12 @@ def trainer_run(model, data, cfg, warmup: int, steps: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as out, mock.patch.object(trainer_module, "tqdm", clock):
         summary = train(model, data, cfg, Path(out), progress=False)
     step_s = window.seconds / steps
-    return {"window": window, "summary": summary, "save_s": done[0] - window.ended_at - step_s}
+    return {
+        "window": window,
+        "summary": summary,
+        "save_s": done[1] - window.ended_at - step_s,
+        "warmup_s": window.began_at - done[0],  # the warm-up steps (a compiler's work is here)
+    }
 
 
 class _GlobalOnly:
@@ -254,6 +261,73 @@ def measure(name: str, size: int, channels: int, args, device: torch.device) -> 
     }
 
 
+def switched(cfg, args) -> tuple[Any, Any]:
+    """(before, after) trainer settings of ``--compare``: before is today's code path (precision
+    ``auto``, eager), after the switches as the params set them or ``--precision``/``--compile``
+    override them. Memory layout (``train.channels_last``, long on by default) is the same in
+    both."""
+    before = with_overrides(cfg, {"precision": "auto", "compile": False})
+    after = with_overrides(
+        cfg,
+        {
+            "precision": args.precision or cfg.precision,
+            "compile": cfg.compile if args.compile is None else args.compile,
+        },
+    )
+    return before, after
+
+
+def describe(cfg) -> str:
+    """``fp32 eager NHWC``-style summary of a run's speed settings on its device."""
+    precision = speed.resolve_precision(cfg.precision, resolve_device(cfg.device))
+    compiled = f"compile:{cfg.compile_backend}" if cfg.compile else "eager"
+    return f"{precision} {compiled} {'NHWC' if cfg.channels_last else 'NCHW'}"
+
+
+def compare(name: str, size: int, channels: int, args, device: torch.device) -> dict[str, Any]:
+    """One ``--compare`` row: the trainer before and after the switches, same seed and data."""
+    model_cfg, cfg = load_model_config(args.params, name, ct=channels == 2)
+    over = {"device": device.type, "seed": args.seed, "batch_size": args.batch_size or None}
+    before, after = switched(with_overrides(cfg, over), args)
+    data = random_images(4 * before.batch_size, channels, size, args.seed)
+    row: dict[str, Any] = {"model": name, "size": size, "channels": channels,
+                           "batch": before.batch_size}  # fmt: skip
+    for tag, run_cfg in (("before", before), ("after", after)):
+        torch.manual_seed(args.seed)
+        model = build_model(name, model_cfg, channels, size)
+        per_step = model.n_critic + 1 if model.has_critic else 1
+        common.peak_memory_reset(device)
+        t = trainer_run(model, data, run_cfg, args.warmup, args.steps)
+        row[tag] = describe(run_cfg)
+        row[f"{tag}_img_s"] = args.steps * per_step * run_cfg.batch_size / t["window"].seconds
+        row[f"{tag}_warmup_s"] = t["warmup_s"]
+        row[f"{tag}_peak_mb"] = t["summary"]["peak_memory_mb"]
+        row[f"{tag}_gpu_util_pct"] = t["window"].gpu_util
+        del model
+        common.release(device)
+    row["speedup"] = row["after_img_s"] / row["before_img_s"]
+    return row
+
+
+COMPARE_COLUMNS = [
+    ("model", "model", "s"),
+    ("px", "size", "d"),
+    ("ch", "channels", "d"),
+    ("batch", "batch", "d"),
+    ("before", "before", "s"),
+    ("after", "after", "s"),
+    ("before img/s", "before_img_s", ".1f"),
+    ("after img/s", "after_img_s", ".1f"),
+    ("after/before", "speedup", ".2f"),
+    ("warm-up s before", "before_warmup_s", ".1f"),
+    ("warm-up s after", "after_warmup_s", ".1f"),
+    ("peak MiB before", "before_peak_mb", ".0f"),
+    ("peak MiB after", "after_peak_mb", ".0f"),
+    ("GPU util % before", "before_gpu_util_pct", ".0f"),
+    ("GPU util % after", "after_gpu_util_pct", ".0f"),
+]
+
+
 COLUMNS = [
     ("model", "model", "s"),
     ("px", "size", "d"),
@@ -300,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         default=989.0,
         help="the device's peak for MFU (default 989: H100 SXM bf16 dense)",
     )
+    common.add_switch_options(parser, "precision", "compile")
     common.add_device_options(parser, "auto")
     args = parser.parse_args(argv)
     common.check_steps(parser, args)
@@ -311,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     for size, channels in args.geometries:
         for name in names:
             print(f"{name} {size}x{size}x{channels} ...", file=sys.stderr, flush=True)
-            rows.append(measure(name, size, channels, args, device))
+            rows.append((compare if args.compare else measure)(name, size, channels, args, device))
     meta = {
         **common.environment(device, torch.get_num_threads()),
         "warmup": args.warmup,
@@ -322,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Training throughput on {meta['device']} ({meta['threads']} threads, torch "
         f"{meta['torch']}): {args.warmup} warm-up + {args.steps} timed steps per run"
     )
-    common.publish(rows, COLUMNS, meta, args.json)
+    common.publish(rows, COMPARE_COLUMNS if args.compare else COLUMNS, meta, args.json)
     return 0
 
 

@@ -27,6 +27,9 @@ CRITIC_PREFIX = "critic_"  # the loss log's columns of a critic's terms
 # Settings that change the trajectory; a resume must not change them.
 _RESUME_KEYS = (
     "seed",
+    "precision",  # another precision or compiler is another trajectory (models.train.speed)
+    "compile",
+    "compile_backend",
     "batch_size",
     "optimizer",
     "lr",

@@ -1,7 +1,9 @@
 """The one trainer: every registered model goes through ``train``.
 
 Per step: ``n_critic`` critic updates (each on its own batch) for models with a critic, then one
-encoder/generator update. bf16 autocast on CUDA, fp32 on CPU. Checkpoints
+encoder/generator update. Precision and ``torch.compile`` follow ``train.precision`` and
+``train.compile`` (:mod:`models.train.speed`; by default bf16 autocast on CUDA, fp32 eager on
+CPU). Checkpoints
 (:mod:`models.train.checkpoint`) are atomic and hold everything needed to resume bit-for-bit on
 CPU: model and optimizer states, torch RNG states and the logged loss rows. Batch order is a
 pure function of (seed, batch index): each epoch's permutation comes from a ``torch.Generator``
@@ -33,7 +35,7 @@ from tqdm import tqdm
 from models.base import GenerativeModel
 from models.config import TrainConfig
 from models.eval.grid import save_grid
-from models.train import distributed
+from models.train import distributed, speed
 from models.train.checkpoint import (
     CHECKPOINT,
     CRITIC_PREFIX,
@@ -145,11 +147,7 @@ def _setup(model: GenerativeModel, data: torch.Tensor, cfg: TrainConfig, out_dir
     ctx = distributed.current()  # None in one process
     main = ctx is None or ctx.rank == 0
     device = resolve_device(cfg.device)
-    amp = (
-        (lambda: torch.autocast("cuda", dtype=torch.bfloat16))
-        if device.type == "cuda"
-        else (contextlib.nullcontext)
-    )
+    amp = speed.autocast(speed.resolve_precision(cfg.precision, device), device)
     model.to(device).train()
     data = data.to(device)
     if cfg.channels_last:  # batches indexed out of an NHWC tensor stay NHWC
@@ -158,6 +156,8 @@ def _setup(model: GenerativeModel, data: torch.Tensor, cfg: TrainConfig, out_dir
     fingerprint = data_fingerprint(data)
     if ctx is not None:  # before the optimizers exist; batch norm keeps its parameter objects
         ctx.prepare(model, cfg, device, fingerprint)
+    if cfg.compile:  # after the batch-norm swap; in place, so checkpoints are unchanged
+        speed.compile_networks(model, cfg.compile_backend)
     gen_params = list(model.generator_parameters())
     critic_params = list(model.critic_parameters())
     gen_opt = make_optimizer(cfg.optimizer, gen_params, cfg.lr, cfg.adam_betas)

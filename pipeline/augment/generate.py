@@ -128,6 +128,8 @@ def generate_pairs(
         raise ValueError(f"n must be >= 1, got {n}")
     if bool(getattr(model, "conditional", False)) != (conditions is not None):
         raise ValueError(f"{model.name}: masks are given exactly to mask-conditioned models")
+    if params.channels_last:  # the same network in NHWC: GenerateParams.channels_last
+        model.to(memory_format=torch.channels_last)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     order = (
         None
