@@ -4,6 +4,7 @@ and a compiled or bf16 run resumes bit-identically with itself."""
 
 from __future__ import annotations
 
+import csv
 import warnings
 
 import pytest
@@ -82,15 +83,28 @@ def _state(model) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-@pytest.mark.parametrize(
-    "name,over",
-    [
-        ("gvae", {"precision": "bf16"}),
-        ("gvae", {"compile": True, "compile_backend": "aot_eager"}),  # the penalty runs eager
-        ("vae", {"compile": True, "compile_backend": "inductor"}),  # the real compiler, once
-    ],
-)
-def test_switched_run_resumes_bit_identically_with_itself(name, over, tmp_path, cpu_bf16):
+def _losses(run_dir) -> dict[str, list[float]]:
+    with open(run_dir / "losses.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {k: [float(r[k]) for r in rows] for k in rows[0] if k != "step"}
+
+
+# (model, switch, relative tolerance of every logged loss over the first 4 steps against the
+# eager fp32 run with the same seed). Compiled fp32 draws the same random numbers (ATen's
+# generator) and differs by float rounding in fused kernels only; bf16 keeps 8 bits of mantissa
+# in the convolutions: a VAE's losses move by at most 2% in 4 steps.
+SWITCHED = [
+    # A critic's losses are a chaotic function of its first updates: bf16 moved GVAE's critic
+    # loss from -0.41 to -0.21 at step 2, so only its resume is checked (rtol None).
+    ("gvae", {"precision": "bf16"}, None),
+    ("vae", {"precision": "bf16"}, 0.02),
+    ("gvae", {"compile": True, "compile_backend": "aot_eager"}, 1e-4),  # the penalty runs eager
+    ("vae", {"compile": True, "compile_backend": "inductor"}, 1e-3),  # the real compiler, once
+]
+
+
+@pytest.mark.parametrize("name,over,rtol", SWITCHED)
+def test_switched_run_resumes_bit_identically_with_itself(name, over, rtol, tmp_path, cpu_bf16):
     channels = 2 if name == "gvae" else 1
     data = _data(channels)
     full = _model(name, channels)
@@ -107,10 +121,18 @@ def test_switched_run_resumes_bit_identically_with_itself(name, over, tmp_path, 
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
     # and the switch changed the trajectory's arithmetic, or the test would prove nothing
     plain = _model(name, channels)
-    train(plain, data, _cfg(steps=4, checkpoint_every=4, sample_every=4), tmp_path / "plain",
+    train(plain, data, _cfg(steps=4, checkpoint_every=2, sample_every=4), tmp_path / "plain",
           progress=False)  # fmt: skip
     if over.get("compile_backend") != "aot_eager":  # aot_eager runs the same eager kernels
         assert any(not torch.equal(v, b[k]) for k, v in _state(plain).items())
+    if rtol is None:
+        return
+    # ... by no more than the stated tolerance: the same trajectory, statistically
+    eager, switched = _losses(tmp_path / "plain"), _losses(tmp_path / "full")
+    assert eager.keys() == switched.keys()
+    for term in eager:
+        got, want = torch.tensor(switched[term]), torch.tensor(eager[term])
+        assert torch.allclose(got, want, rtol=rtol, atol=rtol), (term, got, want)
 
 
 def test_resume_refuses_another_precision_or_compiler(tmp_path):
