@@ -19,7 +19,7 @@ BIN := $(abspath $(VENV))/bin
 RUN := PATH="$(BIN):$$PATH"
 STAMP := $(VENV)/.installed
 
-.PHONY: install system plots-template repro test
+.PHONY: install system plots-template repro test gpu-check-prep
 
 install: $(STAMP)
 
@@ -50,3 +50,9 @@ repro: install
 test: install system
 	$(RUN) ruff check common pipeline models tests benchmarks
 	$(RUN) python -m pytest $(PYTEST_ARGS)
+
+# What the GPU check carries (benchmarks/gpu_check.sh, docs/performance.md): the wheels of
+# benchmarks/gpu_wheels.txt for CPython $(GPU_PYTHON) (default: this one's) and the 128-px slices.
+GPU_PYTHON ?=
+gpu-check-prep: install
+	$(RUN) bash benchmarks/gpu_check.sh --prepare $(if $(GPU_PYTHON),--python-version $(GPU_PYTHON))
