@@ -346,7 +346,8 @@ def probe(
     info["flags"], info["help_errors"] = {}, {}
     for name, script in scripts.items():
         try:
-            words = help_text(script).split()
+            # "--compile, --no-compile" lists its flags with a comma
+            words = help_text(script).replace(",", " ").split()
         except Exception as exc:  # noqa: BLE001 - recorded; that benchmark then runs plain
             info["help_errors"][name] = f"{type(exc).__name__}: {exc}"
             words = []
