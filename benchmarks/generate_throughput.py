@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,7 +30,13 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks import common  # noqa: E402
 from models.registry import build_model  # noqa: E402
-from pipeline.augment.generate import classify, generate_pairs, split_pair  # noqa: E402
+from pipeline.augment.generate import (  # noqa: E402
+    classify,
+    condition_batch,
+    generate_pairs,
+    split_pair,
+)
+from pipeline.augment.masks import MaskSet  # noqa: E402
 from pipeline.params.loader import load_section, with_overrides  # noqa: E402
 from pipeline.params.models import load_model_config  # noqa: E402
 
@@ -41,6 +48,20 @@ def timed(fn, device: torch.device) -> tuple[float, object]:
     out = fn()
     common.sync(device)
     return time.perf_counter() - start, out
+
+
+def disk_masks(n: int, size: int, seed: int) -> MaskSet:
+    """``n`` conditions for a mask-conditioned model: a disk of random centre and radius per
+    mask on a random image (a step's cost does not depend on content)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    centre = rng.uniform(0.3 * size, 0.7 * size, (n, 2))
+    radius = rng.uniform(0.04 * size, 0.12 * size, n)
+    inside = (yy - centre[:, :1, None]) ** 2 + (xx - centre[:, 1:, None]) ** 2 < radius[
+        :, None, None
+    ] ** 2
+    image = rng.uniform(-1, 1, (n, 1, size, size)).astype(np.float32)
+    return MaskSet(image, inside[:, None].astype(np.uint8), np.arange(n), {})
 
 
 def measure(name: str, size: int, args, device: torch.device) -> dict:
@@ -57,18 +78,28 @@ def measure(name: str, size: int, args, device: torch.device) -> dict:
         model.to(memory_format=torch.channels_last)
     # Warm-up at the batch shape of the run: oneDNN builds its kernels per shape, and a smaller
     # warm-up batch left that cost inside the first timed call (half of it at 128 px).
-    model.sample(min(params.batch_size, args.n))
+    masks = disk_masks(args.n, size, args.seed) if model.conditional else None
+    warm = min(params.batch_size, args.n)
+    model.sample(warm, **({} if masks is None else {"condition": condition_batch(
+        masks, np.arange(args.n), 0, warm)}))  # fmt: skip
     window = common.Window(device)
     window.begin()
-    got = generate_pairs(model, args.n, pixel_mm, params, args.seed)
+    got = generate_pairs(model, args.n, pixel_mm, params, args.seed, masks)
     window.end()
 
     # The two parts alone, on as many slices as the full run drew.
     gen = torch.Generator().manual_seed(args.seed)
     step = params.batch_size
     batches = [min(step, got.drawn - lo) for lo in range(0, got.drawn, step)]
+    order = np.arange(got.drawn)
+
+    def draw(lo: int, b: int) -> torch.Tensor:
+        if masks is None:
+            return model.sample(b, generator=gen)
+        return model.sample(b, generator=gen, condition=condition_batch(masks, order, lo, b))
+
     net_s, samples = timed(
-        lambda: [model.sample(b, generator=gen).float().cpu().numpy() for b in batches], device
+        lambda: [draw(i * step, b).float().cpu().numpy() for i, b in enumerate(batches)], device
     )
     masks = [split_pair(s, params.mask_threshold)[1] for s in samples]
     cls_s, _ = timed(lambda: [classify(m, pixel_mm, params) for m in masks], device)
