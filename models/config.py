@@ -91,8 +91,8 @@ class TrainConfig(Frozen):
     # bf16 autocast (models.train.speed): auto = bf16 on CUDA, fp32 on a CPU; bf16 on a CPU only
     # with native bf16 (checked at run time; emulated bf16 measured 11x slower), else fp32.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    # torch.compile of each network. Off: on a 2-core AVX2 CPU inductor made a 128-px VAE step
-    # 2.2-3.8x slower after a 95 s warm-up (docs/performance.md); on CUDA measure it first.
+    # torch.compile of each network. Off: on a 2-core CPU no measurement showed it pays, and its
+    # warm-up (15-150 s per network and process) outweighs short runs (docs/performance.md).
     compile: bool = False
     # aot_eager traces the graphs but runs eager kernels: a cheap check that a model compiles.
     compile_backend: Literal["inductor", "aot_eager"] = "inductor"
