@@ -99,8 +99,9 @@ class GenerateParams(Frozen):
     # generated set (`gvae generate --masks-from DIR`: mask first, then image). Generated
     # images keep their conditioning mask as their label.
     masks: Literal["deformed", "real", "generated"] = "deformed"
-    # Sample in NHWC (channels_last): oneDNN's convolutions then run 4-5x faster on a 2-core
-    # AVX2 CPU at 128 px (a GVAE draws 256 slices in 0.6 s instead of 2.5-3.7 s; the trainer
-    # has long trained in it). Float rounding differs from NCHW at ~1e-6, nothing else.
+    # Sample in NHWC (channels_last): `gvae generate`'s core draws 1.6-2.0x as many slices per
+    # second at 128 px on a 2-core AVX2 CPU (1.3-1.5x for the SPADE and conditional models;
+    # docs/performance.md); the trainer has long trained in it. Float rounding differs from
+    # NCHW at ~1e-6, nothing else.
     channels_last: bool = True
     deform: DeformParams = DeformParams()
