@@ -179,6 +179,20 @@ class SegmentParams(Frozen):
     # (each run is seeded).
     workers: int = Field(1, ge=1, description="processes running grid runs at once")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Speed switches of the training step (pipeline.augment.segment.train; figures in
+    # docs/performance.md, segment_throughput.py). Each one that changes a run's numbers is in
+    # the grid's fingerprint (pipeline.augment.segment.grid.fingerprint) once off its old value.
+    # `batched`: the same classical augmentation (same parameter distributions, other random
+    # draws) on the whole flagged sub-batch in torch, one grid_sample per batch instead of
+    # MONAI's per-sample pipeline (pipeline.augment.segment.batched_augment).
+    augment_backend: Literal["monai", "batched"] = Field(
+        "batched", description="classical augmentation: MONAI per sample, or batched torch"
+    )
+    channels_last: bool = Field(True, description="NHWC UNet weights and batches")
+    compile: bool = Field(False, description="torch.compile the UNet for training")
+    # auto: bf16 autocast on CUDA, fp32 on a CPU; bf16 also on a CPU with native bf16 only
+    # (elsewhere fp32 and a warning: emulated bf16 measured 11x slower on an AVX2 CPU).
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="training autocast")
     eval_batch_size: int = Field(64, ge=1)
     n_boot: int = Field(10000, ge=100, description="bootstrap resamples of every CI")
     alpha: float = Field(0.05, gt=0, lt=1, description="1 - confidence level of every CI")

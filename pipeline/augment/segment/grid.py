@@ -60,6 +60,11 @@ def load_dataset(slices_dir: Path) -> Dataset:
 
 # Settings read by some conditions only: the mixing controls, the pretrain and filter recipes.
 CONDITION_SETTINGS = ("mixing", "pretrain", "filter")
+# Speed switches that change a run's numbers, with the value that reproduces the runs made
+# before they existed: hashed only when set otherwise, so those runs keep their fingerprint.
+# The augmentation backend counts only where there is classical augmentation to draw.
+SWITCHES = {"augment_backend": "monai", "channels_last": False, "compile": False,
+            "precision": "auto"}  # fmt: skip
 
 
 def fingerprint(
@@ -76,15 +81,19 @@ def fingerprint(
     of worker processes are left out, so adding a seed or a condition does not invalidate the
     runs already done. The settings of ``CONDITION_SETTINGS`` count only for the ``condition``
     that reads them, so a run made before they existed keeps its fingerprint and a new
-    ``filter.min_dice`` reruns the filter runs only.
+    ``filter.min_dice`` reruns the filter runs only. The ``SWITCHES`` count once off their old
+    value (``augment_backend`` only for a condition with classical augmentation).
     """
     used = set()
     if condition is not None:
         used = {"mixing"} if condition.control else {condition.recipe}
+    same = {k for k, old in SWITCHES.items() if getattr(params, k) == old}
+    if condition is not None and not condition.classical:
+        same.add("augment_backend")
     keep = params.model_dump(
         mode="json",
         exclude={"conditions", "models", "fractions", "seeds", "seeds_by_fraction", "n_boot",
-                 "alpha", "boot_seed", "eval_batch_size", "workers",
+                 "alpha", "boot_seed", "eval_batch_size", "workers", *same,
                  *(set(CONDITION_SETTINGS) - used)},
     )  # fmt: skip
     blob = {

@@ -31,6 +31,7 @@ from monai.transforms import (
 )
 
 from models.train.trainer import resolve_device
+from pipeline.augment.segment.batched_augment import BatchedClassical, grid_scale_range
 from pipeline.params.segment import ClassicalAugmentParams, SegmentParams, UNetParams
 
 
@@ -46,8 +47,14 @@ def build_unet(cfg: UNetParams) -> UNet:
     )
 
 
-def classical_augmentation(cfg: ClassicalAugmentParams, seed: int) -> Compose:
-    """Return the seeded MONAI dictionary pipeline applied jointly to ``image`` and ``mask``.
+def classical_augmentation(
+    cfg: ClassicalAugmentParams, seed: int, backend: str = "monai"
+) -> Compose | BatchedClassical:
+    """Return the seeded augmentation applied jointly to ``image`` and ``mask``.
+
+    ``backend`` ``monai`` is the MONAI dictionary pipeline described below, one sample at a
+    time; ``batched`` its torch re-implementation for whole sub-batches with the same
+    distributions (``pipeline.augment.segment.batched_augment``).
 
     Each item is ``{"image": (1, S, S) float, "mask": (1, S, S) float}``. Rotation, zoom and
     the elastic deformation are drawn together by one ``Rand2DElasticd`` (``RandAffined`` when
@@ -57,12 +64,16 @@ def classical_augmentation(cfg: ClassicalAugmentParams, seed: int) -> Compose:
     the image is padded with its border values, so no artificial mid-grey frame appears.
     Intensity jitter touches the image only.
     """
+    if backend == "batched":
+        return BatchedClassical(cfg, seed)
+    if backend != "monai":
+        raise ValueError(f"unknown augmentation backend '{backend}' (monai, batched)")
     keys = ("image", "mask")
     geometry = {
         "prob": cfg.prob,
         "rotate_range": math.radians(cfg.rotate_deg),
         # MONAI scales the sampling grid: a grid scale of 1/z shows the content zoomed by z.
-        "scale_range": (1.0 / cfg.zoom[1] - 1.0, 1.0 / cfg.zoom[0] - 1.0),
+        "scale_range": grid_scale_range(cfg.zoom),
         "mode": ("bilinear", "nearest"),
         "padding_mode": ("border", "zeros"),
     }
@@ -106,18 +117,37 @@ def batch_indices(n: int, batch_size: int, seed: int | list[int]) -> Iterator[np
         pool = pool[batch_size:]
 
 
-def augment_batch(pipe: Compose, image: np.ndarray, mask: np.ndarray, flags: np.ndarray):
+def augment_batch(
+    pipe: Compose | BatchedClassical,
+    image: np.ndarray,
+    mask: np.ndarray,
+    flags: np.ndarray,
+    device: torch.device | None = None,
+):
     """Apply ``pipe`` to the flagged samples of one ``(B, 1, S, S)`` batch.
 
-    Returns float32 tensors ``(image, mask)``; the inputs are not modified. Images are clipped
-    back to [-1, 1] (a CT window saturates; intensity jitter must not leave its range) and
-    masks are re-binarised.
+    Returns float32 tensors ``(image, mask)`` on ``device`` (the CPU when None); the inputs
+    are not modified. Images are clipped back to [-1, 1] (a CT window saturates; intensity
+    jitter must not leave its range) and masks are re-binarised. A ``BatchedClassical`` runs
+    on ``device`` with the caller's threads; MONAI's pipeline on the CPU, sample by sample.
     """
     img = torch.from_numpy(image.astype(np.float32))  # astype copies: inputs stay untouched
     msk = torch.from_numpy(mask.astype(np.float32))
     rows = np.flatnonzero(flags)
-    if not len(rows):
+    if isinstance(pipe, BatchedClassical):
+        img, msk = img.to(device or "cpu"), msk.to(device or "cpu")
+        if len(rows):
+            at = torch.from_numpy(rows).to(img.device)
+            out_img, out_msk = pipe(img[at], msk[at])
+            img[at], msk[at] = out_img.clamp(-1.0, 1.0), (out_msk > 0.5).float()
         return img, msk
+    if len(rows):
+        _monai_rows(pipe, img, msk, rows)
+    return img.to(device or "cpu"), msk.to(device or "cpu")
+
+
+def _monai_rows(pipe: Compose, img: torch.Tensor, msk: torch.Tensor, rows: np.ndarray) -> None:
+    """Run MONAI's pipeline on ``img[i], msk[i]`` for every ``i`` in ``rows``, in place."""
     # MetaTensor bookkeeping costs ~3x the resampling itself at 64 px; nothing here needs it.
     # One thread: per-sample 64 px ops lose more to thread synchronisation than they gain
     # (measured: 600 augmented steps 52 s with 1 thread, 59 s with 2, on two CPU cores).
@@ -132,7 +162,6 @@ def augment_batch(pipe: Compose, image: np.ndarray, mask: np.ndarray, flags: np.
     finally:
         set_track_meta(tracking)
         torch.set_num_threads(threads)
-    return img, msk
 
 
 @dataclass(frozen=True)
@@ -178,6 +207,57 @@ def train_segmenter(
     return train_phases([Phase("train", image, mask, augment, params.steps, mixer)], params, seed)
 
 
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype ``segment.precision`` gives on ``device``; None means fp32.
+
+    ``auto``: bf16 on CUDA, fp32 on a CPU. ``bf16``: bf16 on CUDA, and on a CPU only where
+    oneDNN has native bf16 (AVX-512 BF16 / AMX); elsewhere it is emulated and measured 11x
+    slower, so training stays fp32 with a warning naming the setting. ``fp32``: none.
+    """
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"segment.precision: unknown '{precision}' (auto, fp32, bf16)")
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    if device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        warnings.warn(
+            "segment.precision=bf16: this CPU has no native bf16 (oneDNN reports none), "
+            "emulated bf16 is slower than fp32; training in fp32",
+            stacklevel=2,
+        )
+        return None
+    return torch.bfloat16
+
+
+def build_network(params: SegmentParams, device: torch.device) -> tuple[UNet, Callable]:
+    """Return ``(model, forward)``: the UNet on ``device`` and what a training step calls.
+
+    ``segment.channels_last`` stores the weights NHWC (batches are made NHWC to match);
+    ``segment.compile`` makes ``forward`` ``torch.compile(model)``, which shares the
+    parameters, so the returned ``model`` is the trained network either way.
+    """
+    model = build_unet(params.unet).to(device)
+    if params.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    # Static shapes: a grid's runs share one batch shape. A second shape in one process (the
+    # benchmark's sizes) then compiles a second static graph; dynamic shapes would instead try
+    # a symbolic graph, which inductor 2.13 fails to lay out in channels_last.
+    return model, (torch.compile(model, dynamic=False) if params.compile else model)
+
+
+# Adam's multi-tensor (foreach) update instead of its default Python loop over the ~40 small
+# tensors on a CPU (CUDA defaults to foreach): the same arithmetic per element, so the same
+# weights bit for bit (tests/test_segment_switches.py), and ~10 ms less per step on two cores.
+# benchmarks/segment_throughput.py turns it off to time the code path before it.
+ADAM_FOREACH = True
+
+
+def build_optimizer(model: torch.nn.Module, params: SegmentParams) -> torch.optim.Adam:
+    """Adam with ``segment.lr`` and ``segment.weight_decay`` over ``model``'s parameters."""
+    return torch.optim.Adam(
+        model.parameters(), lr=params.lr, weight_decay=params.weight_decay, foreach=ADAM_FOREACH
+    )
+
+
 def train_phases(phases: Sequence[Phase], params: SegmentParams, seed: int) -> TrainResult:
     """Train one UNet through ``phases`` in order, one optimizer for all of them.
 
@@ -186,9 +266,9 @@ def train_phases(phases: Sequence[Phase], params: SegmentParams, seed: int) -> T
     batch, so the ~0.5%-of-a-slice pancreas and pancreas-free slices do not pull the soft Dice
     of each sample towards an all-background optimum (Milletari et al. 2016, eq. 1, summed
     over the batch). One Adam and one learning-rate schedule span the phases: a ``pretrain``
-    run differs from a ``mix`` run in the order of what it sees, not in its optimizer. On CUDA
-    the forward pass runs in bf16 autocast. Returns the network (eval mode), the last loss,
-    the seconds and the steps taken per phase.
+    run differs from a ``mix`` run in the order of what it sees, not in its optimizer. The
+    forward pass runs in the autocast of :func:`autocast_dtype` (bf16 on CUDA by default).
+    Returns the network (eval mode), the last loss, the seconds and the steps per phase.
     """
     for ph in phases:
         if len(ph.image) != len(ph.mask) or len(ph.image) != len(ph.augment):
@@ -198,9 +278,10 @@ def train_phases(phases: Sequence[Phase], params: SegmentParams, seed: int) -> T
         # Also on CUDA: the per-sample augmentation runs on the CPU, and tiny ops on many
         # threads cost more in synchronisation than they gain.
         torch.set_num_threads(params.threads)
+    amp = autocast_dtype(params.precision, device)
     torch.manual_seed(seed)
-    model = build_unet(params.unet).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    model, forward = build_network(params, device)
+    opt = build_optimizer(model, params)
     total = sum(ph.steps for ph in phases)
     sched = (
         torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
@@ -208,11 +289,11 @@ def train_phases(phases: Sequence[Phase], params: SegmentParams, seed: int) -> T
         else None
     )
     loss_fn = DiceCELoss(sigmoid=True, batch=True)
-    pipe = classical_augmentation(params.augment, seed)
-    use_amp = device.type == "cuda"
+    pipe = classical_augmentation(params.augment, seed, params.augment_backend)
+    layout = torch.channels_last if params.channels_last else torch.contiguous_format
     start = time.perf_counter()
     model.train()
-    loss_value = float("nan")
+    loss = torch.tensor(float("nan"))
     done = []
     for k, ph in enumerate(phases):
         # The first phase's batch order is the single-phase one, so a one-phase run is the
@@ -223,20 +304,21 @@ def train_phases(phases: Sequence[Phase], params: SegmentParams, seed: int) -> T
             img_np, msk_np = ph.image[idx], ph.mask[idx]
             if ph.mixer is not None:
                 img_np, msk_np = ph.mixer(idx, img_np, msk_np)
-            img, msk = augment_batch(pipe, img_np, msk_np, ph.augment[idx])
-            img, msk = img.to(device), msk.to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                logits = model(img)  # (B, 1, S, S)
+            img, msk = augment_batch(pipe, img_np, msk_np, ph.augment[idx], device)
+            with torch.autocast(device.type, torch.bfloat16, enabled=amp is not None):
+                logits = forward(img.contiguous(memory_format=layout))  # (B, 1, S, S)
             loss = loss_fn(logits.float(), msk)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             if sched is not None:
                 sched.step()
-            loss_value = float(loss.detach())
         done.append(ph.steps)
+    # Read once at the end: a float() per step would make CUDA wait for every step.
+    final = float(loss.detach())
+    seconds = time.perf_counter() - start
     model.eval()
-    return TrainResult(model, loss_value, time.perf_counter() - start, tuple(done))
+    return TrainResult(model, final, seconds, tuple(done))
 
 
 @torch.no_grad()
