@@ -199,19 +199,24 @@ SWITCH_FLAGS: dict[str, dict[str, Any]] = {
     "precision": {"choices": ("auto", "fp32", "bf16"), "help": "bf16 needs native bf16"},
     "compile": {**_ON_OFF, "help": "torch.compile"},
     "channels-last": {**_ON_OFF, "help": "NHWC tensors"},
+    "augment-backend": {"choices": ("monai", "batched"), "help": "classical augmentation"},
 }
 
 
-def add_switch_options(parser: argparse.ArgumentParser, *switches: str) -> None:
+def add_switch_options(
+    parser: argparse.ArgumentParser, *switches: str, compare: bool = True
+) -> None:
     """``--compare`` (per row, today's code path with the switches off and the switched one, in
-    one run, and their ratio) and an override per switch (``SWITCH_FLAGS``: ``--precision``,
-    ``--compile``/``--no-compile``, ``--channels-last``/``--no-channels-last``); an override
-    left out means the params' value."""
-    parser.add_argument(
-        "--compare",
-        action="store_true",
-        help="per row, today's code path (switches off) and the switched one, and the ratio",
-    )
+    one run, and their ratio; left out with ``compare=False``) and an override per switch
+    (``SWITCH_FLAGS``: ``--precision``, ``--compile``/``--no-compile``,
+    ``--channels-last``/``--no-channels-last``, ``--augment-backend``); an override left out
+    means the params' value."""
+    if compare:
+        parser.add_argument(
+            "--compare",
+            action="store_true",
+            help="per row, today's code path (switches off) and the switched one, and the ratio",
+        )
     for name in switches:
         spec = dict(SWITCH_FLAGS[name])
         spec["help"] = f"the switched run's setting: {spec['help']} (default: the params')"

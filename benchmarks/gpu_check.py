@@ -187,7 +187,8 @@ def benchmarks(run: Run, params: Path, flags: dict[str, list[str]]) -> None:
             result.update(status="failed", error="no rows in its --json output")
         for row in result.get("rows", []):
             label = " ".join(str(v) for k, v in row.items() if isinstance(v, str) or k == "size")
-            print(f"    {label}: {RATE_KEYS[script]} = {row.get(RATE_KEYS[script])}", flush=True)
+            rate = row.get(RATE_KEYS[script], row.get("after_img_s"))  # --compare: the switched
+            print(f"    {label}: {RATE_KEYS[script]} = {rate}", flush=True)
         run.report.put("benchmarks", name, result)
 
 

@@ -4,7 +4,7 @@
         [--steps 10] [--threads N] [--augment-backend ...] [--channels-last] [--compile]
         [--precision ...] [--json FILE]
 
-Runs ``train_phases``' step from the same parts (``build_network``, ``autocast_dtype``,
+Runs ``train_phases``' step from the same parts (``build_network``, ``resolve_precision``,
 ``classical_augmentation``, ``augment_batch``, ``DiceCELoss``, Adam), each part inside a
 ``record_function`` range: batch assembly (index the epoch's samples), augmentation (numpy ->
 float32 tensors, and the classical augmentation of the flagged samples), forward, loss,
@@ -38,15 +38,14 @@ sys.path.insert(0, str(REPO))
 from benchmarks import common  # noqa: E402
 from benchmarks.segment_throughput import (  # noqa: E402
     BEFORE,
-    add_switch_options,
     code_path,
     configured,
     random_pairs,
 )
+from models.train.speed import autocast, resolve_precision  # noqa: E402
 from models.train.trainer import resolve_device  # noqa: E402
 from pipeline.augment.segment.train import (  # noqa: E402
     augment_batch,
-    autocast_dtype,
     batch_indices,
     build_network,
     build_optimizer,
@@ -90,7 +89,7 @@ def stepper(params, size: int, augment: bool, seed: int):
         pipe.transforms = [Labelled(t) for t in pipe.transforms]
     image, mask = random_pairs(4 * params.batch_size, size, seed)
     flags, batches = np.full(len(image), augment), batch_indices(len(image), params.batch_size, 0)
-    amp = autocast_dtype(params.precision, device)
+    amp = autocast(resolve_precision(params.precision, device, "segment.precision"), device)
     layout = torch.channels_last if params.channels_last else torch.contiguous_format
 
     def step() -> None:
@@ -100,7 +99,7 @@ def stepper(params, size: int, augment: bool, seed: int):
         with record_function("augment"):
             img, msk = augment_batch(pipe, img_np, msk_np, flags[idx], device)
         with record_function("forward"):
-            with torch.autocast(device.type, torch.bfloat16, enabled=amp is not None):
+            with amp():
                 logits = forward(img.contiguous(memory_format=layout))
         with record_function("loss"):
             loss = loss_fn(logits.float(), msk)
@@ -144,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--before", action="store_true", help="the step before the switches (as --compare's)"
     )
-    add_switch_options(parser)
+    common.add_switch_options(
+        parser, "augment-backend", "channels-last", "compile", "precision", compare=False
+    )
     common.add_device_options(parser, "cpu", "torch CPU threads (default: segment.threads)")
     args = parser.parse_args(argv)
     common.check_steps(parser, args)

@@ -214,17 +214,6 @@ COLUMNS = [
 ]
 
 
-def add_switch_options(parser: argparse.ArgumentParser) -> None:
-    """The speed switches of ``segment``; unset ones keep the params file's value."""
-    parser.add_argument("--augment-backend", choices=("monai", "batched"))
-    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction)
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction)
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"))
-    parser.add_argument(
-        "--compare", action="store_true", help="each row before (baseline) and after (switches)"
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = common.parser(__doc__, REPO)
     parser.add_argument("--sizes", nargs="+", type=int, default=[64, 128], help="pixels")
@@ -240,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, help="default: segment.batch_size")
     parser.add_argument("--workers", type=int, default=1, help="measuring processes at once")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs; the fastest counts")
-    add_switch_options(parser)
+    common.add_switch_options(parser, "augment-backend", "channels-last", "compile", "precision")
     common.add_device_options(parser, "auto", "torch CPU threads (default: segment.threads)")
     args = parser.parse_args(argv)
     common.check_steps(parser, args)

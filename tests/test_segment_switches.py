@@ -8,6 +8,7 @@ fingerprint once set off their old value, the others (workers) never do.
 from __future__ import annotations
 
 import argparse
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -18,7 +19,7 @@ import yaml
 import pipeline.augment.segment.train as train
 from pipeline.augment.segment.grid import SWITCHES, fingerprint
 from pipeline.augment.segment.mixing import build_mixer
-from pipeline.augment.segment.train import Phase, autocast_dtype, predict, train_phases
+from pipeline.augment.segment.train import Phase, predict, train_phases
 from pipeline.params.segment import MixingParams, SegmentParams, parse_condition
 from pipeline.stages import segment as stage
 from tests.test_segment import TINY, fake_slices
@@ -90,30 +91,34 @@ def test_mixing_controls_paste_before_either_backend(backend):
     assert mixer.pasted == 3 * params.batch_size and np.isfinite(result.final_loss)
 
 
-def test_precision_rules(monkeypatch):
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert autocast_dtype("auto", cpu) is None and autocast_dtype("fp32", cuda) is None
-    assert autocast_dtype("auto", cuda) == autocast_dtype("bf16", cuda) == torch.bfloat16
-    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
-    assert autocast_dtype("bf16", cpu) == torch.bfloat16
+def test_bf16_without_native_bf16_warns_naming_the_setting_and_trains_fp32(monkeypatch):
+    """``segment.precision: bf16`` on a CPU without native bf16 trains in fp32 (the same
+    weights as ``fp32``) after a warning naming the setting (models.train.speed)."""
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
-    with pytest.warns(UserWarning, match="segment.precision=bf16.*fp32"):
-        assert autocast_dtype("bf16", cpu) is None
-    with pytest.raises(ValueError, match="segment.precision"):
-        autocast_dtype("fp16", cpu)
+    image, mask = fake_slices(8, np.random.default_rng(0))
+    runs = {}
+    for precision in ("bf16", "fp32"):
+        params = SegmentParams(**{**TINY, "precision": precision, "device": "cpu"})
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            runs[precision] = train.train_segmenter(image, mask, np.ones(8, bool), params, 0)
+        said = [str(w.message) for w in seen if "precision" in str(w.message)]
+        assert (precision == "bf16") == any("segment.precision" in m and "fp32" in m
+                                            for m in said), said  # fmt: skip
+    w = [torch.cat([p.flatten() for p in r.model.parameters()]) for r in runs.values()]
+    assert torch.equal(w[0], w[1])
 
 
 def test_fingerprint_counts_result_changing_switches_off_their_old_value():
     data = SimpleNamespace(index={"size": 64})
-    base = SegmentParams()
+    base = SegmentParams(**SWITCHES)  # the code path before the switches
     classical, real = parse_condition("real+classical"), parse_condition("real")
 
     def fp(params, condition):
         return fingerprint(params, data, None, condition)
 
-    # Old values: the fingerprint of a run made before the switches existed is unchanged.
-    legacy = base.model_dump(mode="json")
-    assert all(legacy[k] == v for k, v in SWITCHES.items())
+    # Today's defaults (batched, channels_last) are new runs for every classical condition.
+    assert fp(SegmentParams(), classical) != fp(base, classical)
     batched = base.model_copy(update={"augment_backend": "batched"})
     assert fp(batched, classical) != fp(base, classical)
     assert fp(batched, real) == fp(base, real)  # nothing to augment: same run
@@ -129,7 +134,7 @@ def test_fingerprint_of_old_values_is_the_hash_before_the_switches():
     import json
 
     data = SimpleNamespace(index={"size": 64})
-    params = SegmentParams()
+    params = SegmentParams(**SWITCHES)
     grid_lists = {"conditions", "models", "fractions", "seeds", "seeds_by_fraction", "n_boot",
                   "alpha", "boot_seed", "eval_batch_size", "workers"}  # fmt: skip
     unused = {"mixing", "pretrain", "filter"}  # the real condition reads none of them

@@ -30,6 +30,7 @@ from monai.transforms import (
     RandShiftIntensityd,
 )
 
+from models.train.speed import autocast, resolve_precision
 from models.train.trainer import resolve_device
 from pipeline.augment.segment.batched_augment import BatchedClassical, grid_scale_range
 from pipeline.params.segment import ClassicalAugmentParams, SegmentParams, UNetParams
@@ -207,27 +208,6 @@ def train_segmenter(
     return train_phases([Phase("train", image, mask, augment, params.steps, mixer)], params, seed)
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype ``segment.precision`` gives on ``device``; None means fp32.
-
-    ``auto``: bf16 on CUDA, fp32 on a CPU. ``bf16``: bf16 on CUDA, and on a CPU only where
-    oneDNN has native bf16 (AVX-512 BF16 / AMX); elsewhere it is emulated and measured 11x
-    slower, so training stays fp32 with a warning naming the setting. ``fp32``: none.
-    """
-    if precision not in ("auto", "fp32", "bf16"):
-        raise ValueError(f"segment.precision: unknown '{precision}' (auto, fp32, bf16)")
-    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
-        return None
-    if device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        warnings.warn(
-            "segment.precision=bf16: this CPU has no native bf16 (oneDNN reports none), "
-            "emulated bf16 is slower than fp32; training in fp32",
-            stacklevel=2,
-        )
-        return None
-    return torch.bfloat16
-
-
 def build_network(params: SegmentParams, device: torch.device) -> tuple[UNet, Callable]:
     """Return ``(model, forward)``: the UNet on ``device`` and what a training step calls.
 
@@ -267,7 +247,8 @@ def train_phases(phases: Sequence[Phase], params: SegmentParams, seed: int) -> T
     of each sample towards an all-background optimum (Milletari et al. 2016, eq. 1, summed
     over the batch). One Adam and one learning-rate schedule span the phases: a ``pretrain``
     run differs from a ``mix`` run in the order of what it sees, not in its optimizer. The
-    forward pass runs in the autocast of :func:`autocast_dtype` (bf16 on CUDA by default).
+    forward pass runs in the autocast ``segment.precision`` resolves to
+    (:func:`models.train.speed.resolve_precision`: bf16 on CUDA by default).
     Returns the network (eval mode), the last loss, the seconds and the steps per phase.
     """
     for ph in phases:
@@ -278,7 +259,7 @@ def train_phases(phases: Sequence[Phase], params: SegmentParams, seed: int) -> T
         # Also on CUDA: the per-sample augmentation runs on the CPU, and tiny ops on many
         # threads cost more in synchronisation than they gain.
         torch.set_num_threads(params.threads)
-    amp = autocast_dtype(params.precision, device)
+    amp = autocast(resolve_precision(params.precision, device, "segment.precision"), device)
     torch.manual_seed(seed)
     model, forward = build_network(params, device)
     opt = build_optimizer(model, params)
@@ -305,7 +286,7 @@ def train_phases(phases: Sequence[Phase], params: SegmentParams, seed: int) -> T
             if ph.mixer is not None:
                 img_np, msk_np = ph.mixer(idx, img_np, msk_np)
             img, msk = augment_batch(pipe, img_np, msk_np, ph.augment[idx], device)
-            with torch.autocast(device.type, torch.bfloat16, enabled=amp is not None):
+            with amp():
                 logits = forward(img.contiguous(memory_format=layout))  # (B, 1, S, S)
             loss = loss_fn(logits.float(), msk)
             opt.zero_grad(set_to_none=True)
