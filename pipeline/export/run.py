@@ -25,7 +25,6 @@ import numpy as np
 
 from common.atomic import atomic_dir, write_json
 from pipeline.errors import StageError
-from pipeline.export.gates import near_copy, report_near_copies, training_slices
 from pipeline.io.shards import INDEX_NAME, load_slices, read_index
 from pipeline.params.export import AE_TITLE, ExportParams
 
@@ -56,21 +55,43 @@ def _provenance(index: dict, synthetic_dir: Path):
     return Provenance(PROJECT, version, str(source["model"]), model_version)
 
 
-def _contact_sheet(dest: Path, instances, level: float, width: float, ncols: int, flagged) -> None:
-    """Tiles of what was written: stored values back to HU, windowed, mask from the SEG."""
+def _contact_sheet(dest: Path, instances, params: ExportParams, warnings: dict) -> None:
+    """Tiles of what was written: stored values back to HU, windowed, mask from the SEG, filled
+    so that its extent shows; the title says what a gate let through on request."""
     from pipeline.cohort.slicing import window_hu
+    from pipeline.export.marks import PANEL_LABELS
     from pipeline.io.contact_sheet import Panel, write_contact_sheet
 
     images = {i.number: i for i in instances if i.kind == "image"}
     segs = {i.number: i for i in instances if i.kind == "segmentation"}
+    first = params.windows[0]
     panels = []
     for number, img in images.items():
         ds = img.dataset
         hu = ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
         mask = segs[number].dataset.pixel_array.astype(np.uint8).reshape(hu.shape)
-        title = f"SYNTHETIC #{number} (draw {img.draw})" + (" NEAR-COPY" * (number in flagged))
-        panels.append(Panel(window_hu(hu, level, width), mask, title))
-    write_contact_sheet(dest, panels, ncols=ncols)
+        tags = "".join(f" {PANEL_LABELS[k]}" for k in warnings.get(number, {}))
+        title = f"SYNTHETIC #{number} (draw {img.draw}){tags}"
+        panels.append(Panel(window_hu(hu, first.level, first.width), mask, title))
+    write_contact_sheet(
+        dest, panels, ncols=params.contact_sheet_columns, fill=params.contact_sheet_fill
+    )
+
+
+def _gates(params: ExportParams, synthetic_dir: Path, slices_dir: Path | None, allow: bool):
+    """The synthetic set, its index and provenance, and both gates' results with their notes."""
+    from pipeline.export.gates import near_copy, plausibility, reference, training_slices
+
+    try:  # messages of the readers and of the gates name their files
+        index = read_index(synthetic_dir, made_by="gvae generate")
+        images, masks, meta = load_slices(synthetic_dir, SPLIT)
+        prov = _provenance(index, synthetic_dir)
+        real_dir = training_slices(index, slices_dir)
+        train = reference(real_dir, meta, index)
+        near = near_copy(params, images, train, real_dir, allow)
+    except ValueError as exc:
+        raise StageError(str(exc)) from None
+    return (images, masks, meta), index, prov, near, plausibility(params.plausibility, masks, train)
 
 
 def run(
@@ -80,25 +101,31 @@ def run(
     n: int,
     slices_dir: Path | None = None,
     allow_near_copies: bool = False,
+    allow_implausible: bool = False,
 ) -> dict[str, Any]:
     """Build the export set of ``synthetic_dir`` into ``out_dir``; return its receipt."""
     from pipeline.export.dicom_set import build_set
+    from pipeline.export.gates import report_near_copies, report_plausibility
+    from pipeline.export.marks import mark_instances, sample_warnings
     from pipeline.export.privacy import select_slices
-    from pipeline.export.receipt import CONTACT_SHEET_NAME, RECEIPT_NAME, build_receipt, gate_record
+    from pipeline.export.receipt import (
+        CONTACT_SHEET_NAME,
+        RECEIPT_NAME,
+        build_receipt,
+        gate_record,
+        mask_fields,
+        plausibility_record,
+    )
 
     synthetic_dir, out_dir = Path(synthetic_dir), Path(out_dir)
-    try:  # messages of the readers and of the gate name their files
-        index = read_index(synthetic_dir)
-        images, masks, meta = load_slices(synthetic_dir, SPLIT)
-        prov = _provenance(index, synthetic_dir)
-        gate, note = near_copy(
-            params, images, meta, index, training_slices(index, slices_dir), allow_near_copies
-        )
-    except ValueError as exc:
-        raise StageError(str(exc)) from None
+    syn, index, prov, (gate, note), (odd, odd_note) = _gates(
+        params, synthetic_dir, slices_dir, allow_near_copies
+    )
+    images, masks, meta = syn
     draws = meta["slice_index"]
     try:
-        sel = select_slices(None if gate is None else gate.flags, len(images), n, allow_near_copies)
+        flags = None if gate is None else gate.flags
+        sel = select_slices(flags, len(images), n, allow_near_copies, odd.flags, allow_implausible)
         ident, instances = build_set(
             images[sel.chosen],
             masks[sel.chosen],
@@ -111,6 +138,8 @@ def run(
         )
     except ValueError as exc:
         raise StageError(f"{synthetic_dir}: {exc}") from None
+    warnings = sample_warnings(sel, gate, odd, params.plausibility)
+    instances = mark_instances(instances, warnings)
     near = [
         (None, None) if gate is None else (bool(gate.flags[i]), float(gate.distances[i]))
         for i in sel.chosen
@@ -123,25 +152,20 @@ def run(
         "synthetic_slices": len(images),
         "exported": len(sel.chosen),
     }
-    gate_block = gate_record(gate, sel, draws, allow_near_copies, note, params.memorization)
-    receipt = build_receipt(ident, instances, prov, source, gate_block, near)
-    allowed = set(sel.allowed)
-    flagged = {k + 1 for k, i in enumerate(sel.chosen) if i in allowed}
-    first = params.windows[0]
+    gates = (
+        gate_record(gate, sel, draws, allow_near_copies, note, params.memorization),
+        plausibility_record(odd, sel, draws, allow_implausible, odd_note, params.plausibility),
+    )
+    mask_rows = [mask_fields(odd, i) for i in sel.chosen]
+    receipt = build_receipt(ident, instances, prov, source, *gates, near, mask_rows)
     with atomic_dir(out_dir) as tmp:
         (tmp / "dicom").mkdir()
         for inst in instances:
             inst.dataset.save_as(tmp / inst.file, enforce_file_format=True)
-        _contact_sheet(
-            tmp / CONTACT_SHEET_NAME,
-            instances,
-            first.level,
-            first.width,
-            params.contact_sheet_columns,
-            flagged,
-        )
+        _contact_sheet(tmp / CONTACT_SHEET_NAME, instances, params, warnings)
         write_json(tmp / RECEIPT_NAME, receipt)
     report_near_copies(gate, sel, draws, note)
+    report_plausibility(odd, sel, draws, odd_note, params.plausibility)
     return receipt
 
 

@@ -37,6 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="export slices the near-copy gate flags (they are marked in the receipt)",
     )
+    parser.add_argument(
+        "--allow-implausible",
+        action="store_true",
+        help="export slices whose masks the plausibility gate refuses (marked in the DICOM "
+        "files and the receipt)",
+    )
     parser.add_argument("--pacs", metavar="HOST:PORT", help="send the set with C-STORE")
     parser.add_argument(
         "--aet", metavar="AET", help="our (calling) AE title (default export.calling_aet)"
@@ -60,7 +66,15 @@ def main(args: argparse.Namespace) -> int:
     if n < 1:
         raise StageError(f"--n must be >= 1, got {n}")
     _check_replaceable(args.out)
-    receipt = run(params, args.synthetic, args.out, n, args.slices, args.allow_near_copies)
+    receipt = run(
+        params,
+        args.synthetic,
+        args.out,
+        n,
+        args.slices,
+        args.allow_near_copies,
+        args.allow_implausible,
+    )
     study = receipt["study"]
     print(
         f"gvae export: {receipt['source']['exported']} images + their SEGs, study "
