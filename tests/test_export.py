@@ -320,6 +320,8 @@ def test_cli_errors(toy, tmp_path, capsys):
     assert "give --synthetic DIR" in capsys.readouterr().err
     assert _export("--synthetic", str(toy["syn"]), "--out", out, "--aet", "X") == 2
     assert "need --pacs" in capsys.readouterr().err
+    assert _export("--out", str(toy["out"]), "--force") == 2
+    assert "need --pacs" in capsys.readouterr().err
     assert _export("--out", str(toy["out"]), "--pacs", "localhost") == 2
     assert "HOST:PORT" in capsys.readouterr().err
     assert _export("--out", str(toy["out"]), "--pacs", "127.0.0.1:104", "--aet", "A" * 17) == 2

@@ -169,8 +169,16 @@ def run(
     return receipt
 
 
-def send(params: ExportParams, out_dir: Path, pacs: str, aet: str | None, called: str | None):
-    """Deliver ``out_dir``'s export to ``pacs``: only what that PACS lacks; update the receipt.
+def send(
+    params: ExportParams,
+    out_dir: Path,
+    pacs: str,
+    aet: str | None,
+    called: str | None,
+    force: bool = False,
+):
+    """Deliver ``out_dir``'s export to ``pacs``: only what that PACS lacks (it is asked, see
+    ``pipeline.export.pacs``), everything with ``force``; update the receipt.
 
     ``aet`` and ``called`` are the AE titles given on the command line (``None``: the params').
     Returns the new receipt; ``StageError`` with the receipt written when anything is missing.
@@ -190,7 +198,7 @@ def send(params: ExportParams, out_dir: Path, pacs: str, aet: str | None, called
         if not AE_TITLE.match(title):
             raise StageError(f"{flag}: not a DICOM AE title (1-16 characters, no '\\'): {title!r}")
     timeouts = Timeouts(params.connect_timeout_s, params.acse_timeout_s, params.dimse_timeout_s)
-    receipt, error = deliver(receipt, out_dir, dest, timeouts)
+    receipt, error = deliver(receipt, out_dir, dest, timeouts, force)
     write_json(out_dir / RECEIPT_NAME, receipt)
     last = receipt["deliveries"][-1]
     total = len(receipt["instances"])
@@ -206,9 +214,10 @@ def send(params: ExportParams, out_dir: Path, pacs: str, aet: str | None, called
             f"({out_dir / RECEIPT_NAME} lists which); `gvae export --out {out_dir} --pacs {pacs}"
             f"{retry_titles}` sends only the missing ones"
         )
+    there = total - last["attempted"]
     print(
-        f"gvae export: {dest.key} holds all {total} instances "
-        f"({last['attempted']} sent now, {total - last['attempted']} already there)"
+        f"gvae export: {dest.key} holds all {total} instances ({last['attempted']} sent now, "
+        f"{there} already there{' as C-FIND confirmed' * bool(there)})"
     )
     return receipt
 

@@ -45,6 +45,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--pacs", metavar="HOST:PORT", help="send the set with C-STORE")
     parser.add_argument(
+        "--force",
+        action="store_true",
+        help="with --pacs: send every instance again, without asking the PACS what it holds",
+    )
+    parser.add_argument(
         "--aet", metavar="AET", help="our (calling) AE title (default export.calling_aet)"
     )
     parser.add_argument(
@@ -55,12 +60,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     """CLI entry: build the set (unless only sending), then deliver it when --pacs is given."""
     params = load_section(args.params, "export")
-    if (args.aet or args.called_aet) and not args.pacs:
-        raise StageError("--aet and --called-aet need --pacs HOST:PORT")
+    if (args.aet or args.called_aet or args.force) and not args.pacs:
+        raise StageError("--aet, --called-aet and --force need --pacs HOST:PORT")
     if args.synthetic is None:
         if not args.pacs:
             raise StageError("give --synthetic DIR to build an export, or --pacs to send one")
-        send(params, args.out, args.pacs, args.aet, args.called_aet)
+        send(params, args.out, args.pacs, args.aet, args.called_aet, args.force)
         return 0
     n = params.n if args.n is None else args.n
     if n < 1:
@@ -81,5 +86,5 @@ def main(args: argparse.Namespace) -> int:
         f"{study['study_instance_uid']} (patient {study['patient_id']}) -> {args.out}"
     )
     if args.pacs:
-        send(params, args.out, args.pacs, args.aet, args.called_aet)
+        send(params, args.out, args.pacs, args.aet, args.called_aet, args.force)
     return 0
