@@ -4,14 +4,16 @@ Reads a ``gvae generate`` folder and writes one folder (replaced atomically)::
 
     dicom/image_0001.dcm ...   Secondary Capture images in HU, series 1 (pipeline.export.dicom_set)
     dicom/seg_0001.dcm ...     one DICOM Segmentation per image, series 2
-    contact_sheet.png          the exported slices with their masks outlined
-    receipt.json               every instance's SOP Instance UID, the gate, PACS outcomes
+    contact_sheet.png          the exported slices with their masks filled and outlined
+    receipt.json               every instance's SOP Instance UID, the gates, PACS outcomes
 
-The privacy gate (pipeline.export.privacy) compares the synthetic slices with the real slices
-the generator was trained on: ``--slices DIR``, by default the slices folder recorded in the
-generator's run (``<run>/data.json``). ``--pacs HOST:PORT`` then C-STOREs the set; sending
-again with ``gvae export --out DIR --pacs HOST:PORT`` (no ``--synthetic``) sends only what that
-PACS does not hold yet. Design and receipt format: docs/export.md.
+The privacy gate (pipeline.export.privacy) and the plausibility gate of the masks
+(pipeline.export.plausibility) compare the synthetic slices with the real slices the generator
+was trained on: ``--slices DIR``, by default the slices folder recorded in the generator's run
+(``<run>/data.json``). ``--pacs HOST:PORT`` then C-STOREs the set; sending again with
+``gvae export --out DIR --pacs HOST:PORT`` (no ``--synthetic``) asks that PACS what it holds
+and sends only what it lacks (``--force``: everything). Design and receipt format:
+docs/export.md.
 """
 
 from __future__ import annotations
