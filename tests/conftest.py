@@ -32,3 +32,16 @@ def real_data_dir() -> Path:
             pytest.fail(msg)
         pytest.skip(msg)
     return mirror
+
+
+@pytest.fixture(scope="session")
+def real_pair_slices(real_data_dir, tmp_path_factory) -> Path:
+    """The mirror's 395 real Pancreas-CT slices of 43 patients through `gvae slices` (source
+    pairs, 200 mm at 64 px, the default patient split), written once per session."""
+    from pipeline.cohort.write_slices import run
+    from pipeline.params.cohort import SlicesParams
+
+    out = tmp_path_factory.mktemp("pairs_real") / "slices"
+    params = SlicesParams(source="pairs", size=64, fov_mm=200.0)
+    run(params, real_data_dir / "pancreas_ct_slices", out)
+    return out

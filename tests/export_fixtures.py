@@ -134,11 +134,14 @@ class Orthanc:
         with urllib.request.urlopen(self.url + path, timeout=10) as rsp:
             return json.loads(rsp.read())
 
-    def start(self, max_storage_mb: int = 0, timeout: float = 60) -> Orthanc:
+    def start(
+        self, max_storage_mb: int = 0, timeout: float = 60, extra: dict | None = None
+    ) -> Orthanc:
         """Write the configuration and start; wait until the REST API answers.
 
         ``max_storage_mb`` > 0 caps the storage area: an instance that does not fit (and no
-        unprotected patient can be recycled) is refused with status 0xA700.
+        unprotected patient can be recycled) is refused with status 0xA700. ``extra``
+        overrides configuration options.
         """
         self.folder.mkdir(parents=True, exist_ok=True)
         config = {
@@ -161,6 +164,7 @@ class Orthanc:
             "LuaScripts": [],
             "Plugins": [],
             "MaximumStorageSize": max_storage_mb,
+            **(extra or {}),
         }
         (self.folder / "orthanc.json").write_text(json.dumps(config, indent=2))
         log = open(self.folder / "orthanc.log", "ab")  # noqa: SIM115 - the child keeps it open

@@ -56,7 +56,7 @@ def toy(tmp_path_factory):
     image, mask = toy_pairs(10, 32, seed=99)
     image[1], mask[1] = train[3], train_mask[3]  # memorized training slices
     image[4], mask[4] = train[7], train_mask[7]
-    mask[5] = 0  # a negative sample: its SEG has an empty frame
+    mask[5] = 0  # an empty mask: the plausibility gate refuses it
     syn = write_synthetic_set(root / "syn", image, mask, trained_on=SPLITS["train"])
     out = root / "out"
     assert (
@@ -112,6 +112,9 @@ def test_select_slices():
         ("calling_aet", "A" * 17, "export.calling_aet: .*AE title"),
         ("windows", [], "export.windows: .*at least one"),
         ("colour", "red", "unknown key 'export.colour'"),
+        ("plausibility", {"max_share": 0}, "export.plausibility.max_share: .*greater than 0"),
+        ("plausibility", {"empty": "maybe"}, "export.plausibility.empty: .*'refuse' or 'keep'"),
+        ("plausibility", {"slack": 2}, "unknown key 'export.plausibility.slack'"),
     ],
 )
 def test_params_are_validated(tmp_path, key, value, message):
@@ -139,12 +142,15 @@ def test_layout_and_receipt(toy):
     images = {r["instance_number"]: r for r in rows if r["kind"] == "image"}
     for seg in (r for r in rows if r["kind"] == "segmentation"):
         assert seg["references"] == images[seg["instance_number"]]["sop_instance_uid"]
-    # The gate refused the two copies; the next clean draws took their place.
+    # The gates refused the two copies and the empty mask; the next clean draws took their place.
     gate = receipt["near_copy_gate"]
     assert gate["ran"] and gate["calibrated_on"] == "real test split"
     assert [r["draw"] for r in gate["refused"]] == [1, 4]
-    assert [r["draw"] for r in rows[:N]] == [0, 2, 3, 5, 6, 7]
-    assert not any(r["near_copy"] for r in rows)
+    odd = receipt["plausibility_gate"]
+    assert [(r["draw"], r["reason"]) for r in odd["refused"]] == [(5, "empty")]
+    assert odd["refused_by_reason"] == {"empty": 1, "covers_image": 0, "area": 0, "components": 0}
+    assert [r["draw"] for r in rows[:N]] == [0, 2, 3, 6, 7, 8]
+    assert not any(r["near_copy"] or r["implausible"] for r in rows)
     # The receipt names no real case.
     assert "PANCREAS" not in (out / "receipt.json").read_text()
 
@@ -216,7 +222,6 @@ def test_segmentations_reference_their_images(toy):
         assert seg.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeValue == "15776009"
         frame = seg.pixel_array.reshape(32, 32)
         np.testing.assert_array_equal(frame, toy["mask"][row["draw"], 0])
-    assert not files["dicom/seg_0004.dcm"].pixel_array.any()  # draw 5, the negative sample
 
 
 def test_dciodvfy_every_file(toy):
@@ -248,6 +253,13 @@ def test_allow_near_copies_exports_and_marks_them(toy, tmp_path, capsys):
     images = [r for r in receipt["instances"] if r["kind"] == "image"]
     assert [(r["draw"], r["near_copy"]) for r in images] == [(0, False), (1, True), (2, False)]
     assert [r["draw"] for r in receipt["near_copy_gate"]["exported_near_copies"]] == [1]
+    # The files say so too, where a viewer shows it: they travel without the receipt.
+    for row in receipt["instances"]:
+        ds = pydicom.dcmread(out / row["file"])
+        assert ds.SeriesDescription.startswith("[NEAR-COPIES] SYNTHETIC")
+        warned = "WARNING: NEAR-COPY of a real training slice (distance 0.000" in ds.ImageComments
+        assert warned == (row["draw"] == 1), row["file"]
+        assert "--allow-near-copies" in ds.ImageComments or row["draw"] != 1
 
 
 def test_gate_refusal_message_and_shortage(toy, tmp_path, capsys):
@@ -257,7 +269,7 @@ def test_gate_refusal_message_and_shortage(toy, tmp_path, capsys):
     assert "refused 1 near-copies of real training slices" in said and "draw 1 (0.000)" in said
     assert _export(*args, "--out", str(tmp_path / "b"), "--n", "9") == 2
     err = capsys.readouterr().err
-    assert "only 8 of the 10 synthetic slices pass the near-copy gate, 9 requested" in err
+    assert "only 7 of the 10 synthetic slices pass the near-copy and plausibility gates" in err
     assert not (tmp_path / "b").exists()
 
 
@@ -308,6 +320,8 @@ def test_cli_errors(toy, tmp_path, capsys):
     assert "give --synthetic DIR" in capsys.readouterr().err
     assert _export("--synthetic", str(toy["syn"]), "--out", out, "--aet", "X") == 2
     assert "need --pacs" in capsys.readouterr().err
+    assert _export("--out", str(toy["out"]), "--force") == 2
+    assert "need --pacs" in capsys.readouterr().err
     assert _export("--out", str(toy["out"]), "--pacs", "localhost") == 2
     assert "HOST:PORT" in capsys.readouterr().err
     assert _export("--out", str(toy["out"]), "--pacs", "127.0.0.1:104", "--aet", "A" * 17) == 2
@@ -318,7 +332,8 @@ def test_cli_errors(toy, tmp_path, capsys):
     assert "--n must be >= 1" in capsys.readouterr().err
     args = ["--synthetic", str(toy["root"] / "nowhere"), "--out", out]
     assert _export(*args) == 2
-    assert "nowhere" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "nowhere" in err and "run `gvae generate` first" in err
 
 
 def test_a_folder_of_something_else_is_not_replaced(toy, tmp_path, capsys):

@@ -117,6 +117,84 @@ def test_pacs_down_and_association_refused(exported, orthanc, capsys):
     assert all(d["missing_after"] == 2 * N and d["error"] for d in deliveries)
 
 
+def test_unknown_sender_aborted_at_the_first_store_is_named(exported, orthanc, capsys):
+    # Orthanc's default DicomAlwaysAllowEcho lets any AE title associate (for C-ECHO), then
+    # aborts at the first C-STORE from a sender it does not know: that is no timeout.
+    orthanc.start(extra={"DicomAlwaysAllowEcho": True})
+    assert _send(exported, orthanc.dicom_port, calling="STRANGER") == 2
+    err = capsys.readouterr().err
+    assert "the PACS ended the association (A-ABORT from the PACS" in err
+    assert "stores nothing from calling AE title 'STRANGER'" in err and "--aet" in err
+    assert "no answer to the C-STORE" not in err
+    statuses = _statuses(exported, orthanc.dicom_port)
+    assert statuses[0] == "unconfirmed" and set(statuses[1:]) == {"not sent"}
+    assert orthanc.get("/instances") == []
+
+
+def test_unresolvable_host_is_named_and_recorded(exported, capsys):
+    host = "gvae-no-such-host.invalid"  # RFC 2606: .invalid never resolves
+    assert main(["export", "--out", str(exported), "--pacs", f"{host}:104"]) == 2
+    err = capsys.readouterr().err
+    assert f"PACS host '{host}' not found" in err and "check the host in --pacs" in err
+    [attempt] = _receipt(exported)["deliveries"]
+    assert attempt["destination"] == f"ANY-SCP@{host}:104"
+    assert host in attempt["error"] and (attempt["attempted"], attempt["stored"]) == (2 * N, 0)
+    rows = _receipt(exported)["instances"]
+    assert {r["pacs"][attempt["destination"]]["status"] for r in rows} == {"not sent"}
+
+
+def test_retry_asks_the_pacs_and_resends_what_it_lost(exported, orthanc, capsys):
+    orthanc.start()
+    port = orthanc.dicom_port
+    assert _send(exported, port) == 0
+    receipt = _receipt(exported)
+    uids = {r["sop_instance_uid"] for r in receipt["instances"]}
+    # The study is deleted in the PACS; the receipt still says stored.
+    [study] = orthanc.get("/studies")
+    _rest(orthanc, "DELETE", f"/studies/{study}")
+    assert orthanc.get("/instances") == []
+    capsys.readouterr()
+    assert _send(exported, port) == 0
+    assert "holds all 8 instances (8 sent now, 0 already there)" in capsys.readouterr().out
+    assert _orthanc_sop_uids(orthanc) == uids
+    last = _receipt(exported)["deliveries"][-1]
+    assert last["query"]["method"] == "C-FIND IMAGE, Study Root"
+    assert (last["query"]["recorded_stored"], last["query"]["held"]) == (2 * N, 0)
+    assert (last["query"]["gone"], last["attempted"], last["stored"]) == (2 * N, 2 * N, 2 * N)
+    # One instance lost: exactly that one is sent again.
+    lost = next(r for r in receipt["instances"] if r["kind"] == "segmentation")
+    [orthanc_id] = _rest(orthanc, "POST", "/tools/lookup", lost["sop_instance_uid"].encode())
+    _rest(orthanc, "DELETE", f"/instances/{orthanc_id['ID']}")
+    assert _send(exported, port) == 0
+    last = _receipt(exported)["deliveries"][-1]
+    assert (last["query"]["held"], last["query"]["gone"], last["attempted"]) == (2 * N - 1, 1, 1)
+    assert _orthanc_sop_uids(orthanc) == uids
+    # Nothing lost: nothing sent, and the message says the PACS confirmed it.
+    capsys.readouterr()
+    assert _send(exported, port) == 0
+    assert "0 sent now, 8 already there as C-FIND confirmed" in capsys.readouterr().out
+    # --force sends everything without asking.
+    assert (
+        main(
+            [
+                "export",
+                "--out",
+                str(exported),
+                "--pacs",
+                f"127.0.0.1:{port}",
+                "--force",
+                "--aet",
+                SENDER_AET,
+                "--called-aet",
+                ORTHANC_AET,
+            ]
+        )
+        == 0
+    )
+    last = _receipt(exported)["deliveries"][-1]
+    assert last["force"] and last["query"] is None and last["attempted"] == 2 * N
+
+
 def _filler(nbytes: int) -> tuple[bytes, str]:
     """(A DICOM file of about ``nbytes`` of another made-up patient, its SOP Instance UID)."""
     ds = Dataset()
@@ -191,26 +269,43 @@ def test_refused_instances_then_retry_sends_only_those(exported, orthanc, monkey
 
 @pytest.fixture
 def aborting_peer():
-    """A pynetdicom storage SCP that stores two instances, then aborts on the third request."""
+    """A pynetdicom storage SCP that stores two instances, then aborts on the third request;
+    it answers C-FIND at IMAGE level from what it stored (``mode["find"]`` False: it fails)."""
     from pynetdicom import AE, evt
     from pynetdicom.presentation import AllStoragePresentationContexts
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
     received: list[str] = []
-    mode = {"abort_at": 3}
+    series: dict[str, str] = {}  # SOP Instance UID -> Series Instance UID
+    mode = {"abort_at": 3, "find": True}
 
     def on_store(event):
         if len(received) + 1 == mode["abort_at"]:
             event.assoc.abort()
             return 0xA700
         received.append(event.request.AffectedSOPInstanceUID)
+        series[received[-1]] = event.dataset.SeriesInstanceUID
         return 0x0000
+
+    def on_find(event):
+        if not mode["find"]:
+            yield 0xC000, None  # Unable to process
+            return
+        query = event.identifier
+        for uid in dict.fromkeys(received):
+            if series[uid] == query.SeriesInstanceUID:
+                found = Dataset()
+                found.QueryRetrieveLevel = "IMAGE"
+                found.StudyInstanceUID = query.StudyInstanceUID
+                found.SeriesInstanceUID, found.SOPInstanceUID = series[uid], uid
+                yield 0xFF00, found
 
     ae = AE(ae_title="PEER")
     ae.supported_contexts = AllStoragePresentationContexts
+    ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
     port = free_port()
-    server = ae.start_server(
-        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
-    )
+    handlers = [(evt.EVT_C_STORE, on_store), (evt.EVT_C_FIND, on_find)]
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=handlers)
     try:
         yield port, received, mode
     finally:
@@ -242,4 +337,16 @@ def test_association_aborted_mid_transfer(exported, aborting_peer, tmp_path, cap
     mode["abort_at"] = 0  # the peer behaves now; the retry sends the rest, starting at the third
     assert main(send) == 0
     assert received == [r["sop_instance_uid"] for r in rows]
-    assert _receipt(exported)["deliveries"][-1]["attempted"] == 2 * N - 2
+    last = _receipt(exported)["deliveries"][-1]
+    assert last["attempted"] == 2 * N - 2 and (last["query"]["held"], last["query"]["gone"]) == (
+        2,
+        0,
+    )
+
+    # A PACS that cannot say what it holds is not believed: everything goes again.
+    mode["find"] = False
+    assert main(send) == 0
+    assert received[2 * N :] == [r["sop_instance_uid"] for r in rows]
+    last = _receipt(exported)["deliveries"][-1]
+    assert last["attempted"] == 2 * N and last["query"]["held"] is None
+    assert "C-FIND gave status 0xC000" in last["query"]["error"]

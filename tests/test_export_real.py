@@ -123,12 +123,14 @@ def test_exported_files_carry_nothing_of_the_source_patient(real_data_dir, tmp_p
     assert main(["generate", *p, "--run", str(run), "--out", str(syn), "--n", "6"]) == 0
     kept = json.loads((syn / "summary.json").read_text())["kept"]
     assert kept >= 1
-    # No --slices: the export finds the training slices through the run's data.json.
+    # No --slices: the export finds the training slices through the run's data.json. Two
+    # training steps draw no pancreas yet: the plausibility gate would refuse the masks.
     export = ["--synthetic", str(syn), "--out", str(out), "--n", str(kept)]
-    assert main(["export", *p, *export, "--allow-near-copies"]) == 0
+    assert main(["export", *p, *export, "--allow-near-copies", "--allow-implausible"]) == 0
 
     receipt = json.loads((out / "receipt.json").read_text())
     assert "no real test or val slices" in receipt["near_copy_gate"]["note"]
+    assert receipt["plausibility_gate"]["real_masks"]["masks"] > 0  # the patient's own masks
     assert receipt["source"]["model_version"].startswith("checkpoint sha256:")
     files = [out / r["file"] for r in receipt["instances"]]
     assert len(files) == 2 * kept
@@ -141,6 +143,10 @@ def test_exported_files_carry_nothing_of_the_source_patient(real_data_dir, tmp_p
         assert not {i for i in identifiers if len(i) >= SUBSTRING_MIN and i in blob}, path
         assert ds.SyntheticData == "YES" and ds.PatientIdentityRemoved == "YES"
         assert dciodvfy(path)[1] == DCIODVFY_EXPECTED, path
+    # What the gate let through on request is said in the files (the PHI scan covers it too).
+    for row in receipt["instances"]:
+        comments = pydicom.dcmread(out / row["file"]).ImageComments
+        assert ("IMPLAUSIBLE pancreas mask" in comments) == bool(row["implausible"])
     # The scan itself finds what it looks for, deep in a sequence too.
     source_uid = pydicom.dcmread(series / "1-001.dcm", stop_before_pixels=True).StudyInstanceUID
     planted = pydicom.dcmread(files[-1])

@@ -237,16 +237,10 @@ def test_split_without_train_patients_is_a_settings_error(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- real pairs
 @pytest.fixture(scope="module")
-def real_pairs(real_data_dir, tmp_path_factory):
-    """One run of the stage on the 395 real pairs (fov 200 mm, 64 px), all splits loaded."""
-    out = tmp_path_factory.mktemp("pairs_real") / "slices"
-    run(
-        SlicesParams(source="pairs", size=64, fov_mm=200.0),
-        real_data_dir / "pancreas_ct_slices",
-        out,
-    )
-    loaded = {s: load_slices(out, s) for s in SPLITS}
-    return {"index": index_of(out), "loaded": loaded}
+def real_pairs(real_pair_slices):
+    """The stage's run on the 395 real pairs (fov 200 mm, 64 px), all splits loaded."""
+    loaded = {s: load_slices(real_pair_slices, s) for s in SPLITS}
+    return {"index": index_of(real_pair_slices), "loaded": loaded}
 
 
 def test_real_pairs_counts_and_patient_split(real_pairs):

@@ -12,11 +12,13 @@ message naming each) unless the user allows them explicitly; they are then expor
 in the receipt.
 
 ``check_reference`` and ``select_slices`` are pure; ``near_copy_gate`` only computes.
+``select_slices`` also passes over the slices the plausibility gate refuses
+(``pipeline.export.plausibility``), so both gates fill the set the same way.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -41,8 +43,10 @@ class Selection:
     """Which synthetic slices go into the set and which the gate refused, as indices."""
 
     chosen: list[int]
-    refused: list[int]  # flagged slices passed over to fill the set (refused)
-    allowed: list[int]  # flagged slices exported because near-copies were allowed
+    refused: list[int]  # near-copies passed over to fill the set (refused)
+    allowed: list[int]  # near-copies exported because near-copies were allowed
+    implausible_refused: list[int] = field(default_factory=list)  # implausible masks passed over
+    implausible_allowed: list[int] = field(default_factory=list)  # exported: --allow-implausible
 
 
 def check_reference(synthetic: dict, real: dict, trained_on: list[str] | None, where: str) -> None:
@@ -107,33 +111,50 @@ def near_copy_gate(
     )
 
 
-def select_slices(flags: np.ndarray | None, available: int, n: int, allow: bool) -> Selection:
+def select_slices(
+    flags: np.ndarray | None,
+    available: int,
+    n: int,
+    allow: bool,
+    implausible: np.ndarray | None = None,
+    allow_implausible: bool = False,
+) -> Selection:
     """The first ``n`` slices in draw order that may be exported.
 
-    ``flags`` (bool, one per available slice) or ``None`` when the gate did not run (only
-    allowed with ``allow``). Without ``allow``, flagged slices are passed over and the next
-    clean ones take their place; ``ValueError`` if fewer than ``n`` clean slices exist.
+    ``flags`` (bool, one per available slice) marks near-copies, ``None`` when the gate did
+    not run (only allowed with ``allow``); ``implausible`` (bool, or ``None``: none) marks the
+    masks the plausibility gate refuses (``pipeline.export.plausibility``). A slice flagged by a
+    gate that is not allowed is passed over and the next clean ones take its place;
+    ``ValueError`` if fewer than ``n`` such slices exist.
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     if available < n:
         raise ValueError(f"the synthetic set holds {available} slices, {n} requested")
-    if flags is None:
-        if not allow:
-            raise ValueError("the near-copy gate did not run; only allowed with allow=True")
-        return Selection(chosen=list(range(n)), refused=[], allowed=[])
-    flags = np.asarray(flags, bool)
-    if len(flags) != available:
-        raise ValueError(f"{len(flags)} flags for {available} slices")
-    if allow:
-        chosen = list(range(n))
-        return Selection(chosen, refused=[], allowed=[i for i in chosen if flags[i]])
-    clean = np.flatnonzero(~flags)
+    if flags is None and not allow:
+        raise ValueError("the near-copy gate did not run; only allowed with allow=True")
+    near, bad = (
+        np.zeros(available, bool) if f is None else np.asarray(f, bool)
+        for f in (flags, implausible)
+    )
+    if len(near) != available or len(bad) != available:
+        raise ValueError(f"{len(near)} and {len(bad)} flags for {available} slices")
+    near_blocks, bad_blocks = near & (not allow), bad & (not allow_implausible)
+    blocked = near_blocks | bad_blocks
+    clean = np.flatnonzero(~blocked)
     if len(clean) < n:
+        named = (("near-copy", near_blocks), ("plausibility", bad_blocks))
+        gates = [g for g, b in named if b.any()]
         raise ValueError(
-            f"only {len(clean)} of the {available} synthetic slices pass the near-copy gate, "
-            f"{n} requested"
+            f"only {len(clean)} of the {available} synthetic slices pass the "
+            f"{' and '.join(gates)} gate{'s' * (len(gates) > 1)}, {n} requested"
         )
     chosen = [int(i) for i in clean[:n]]
-    refused = [int(i) for i in np.flatnonzero(flags) if i < chosen[-1]]
-    return Selection(chosen, refused=refused, allowed=[])
+    passed = [int(i) for i in np.flatnonzero(blocked) if i < chosen[-1]]
+    return Selection(
+        chosen,
+        refused=[i for i in passed if near_blocks[i]],
+        allowed=[i for i in chosen if near[i]],
+        implausible_refused=[i for i in passed if bad_blocks[i]],
+        implausible_allowed=[i for i in chosen if bad[i]],
+    )

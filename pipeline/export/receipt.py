@@ -1,7 +1,8 @@
 """The JSON receipt of an export set: every instance, the privacy gate, every delivery.
 
-Format ``gvae-export-receipt/1`` (described field by field in docs/export.md). The receipt
-never names a real patient, case or file path: it sits beside the DICOM files and may travel
+Format ``gvae-export-receipt/2`` (described field by field in docs/export.md; version 2 added
+the plausibility gate and the PACS query of a retry; version-1 receipts are still read). The
+receipt never names a real patient, case or file path: it sits beside the DICOM files and may travel
 with them. ``instances[*].pacs`` is maintained by ``pipeline.export.pacs``.
 """
 
@@ -12,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.export.dicom_set import Instance, Provenance, SetIdentity
+from pipeline.export.plausibility import PlausibilityResult
 from pipeline.export.privacy import GateResult, Selection
 
-FORMAT = "gvae-export-receipt/1"
+FORMAT = "gvae-export-receipt/2"
+READABLE = ("gvae-export-receipt/1", FORMAT)
 RECEIPT_NAME = "receipt.json"
 CONTACT_SHEET_NAME = "contact_sheet.png"
 
@@ -61,19 +64,72 @@ def gate_record(
     }
 
 
+def plausibility_record(
+    result: PlausibilityResult,
+    selection: Selection,
+    draws: Any,
+    allow: bool,
+    note: str | None,
+    params: Any,
+) -> dict[str, Any]:
+    """The ``plausibility_gate`` block: its settings, the real ranges, what it refused/allowed.
+
+    ``params`` is the ``PlausibilityParams`` used; ``note`` says why the range checks did not
+    run (no real training masks), ``None`` when they did. Counts are per reason, every reason
+    listed.
+    """
+    from pipeline.export.plausibility import REASONS
+
+    def entries(indices: list[int]) -> list[dict[str, Any]]:
+        rows = [mask_fields(result, i) for i in indices]
+        return [
+            {"draw": int(draws[i]), "reason": row.pop("implausible"), **row}
+            for i, row in zip(indices, rows, strict=True)
+        ]
+
+    def counts(indices: list[int]) -> dict[str, int]:
+        return {r: sum(result.reasons[i] == r for i in indices) for r in REASONS}
+
+    real = result.ranges
+    return {
+        "note": note,
+        "allow_implausible": allow,
+        **params.model_dump(),
+        "real_masks": None
+        if real is None
+        else {"masks": real.masks, "share": list(real.share), "components": list(real.components)},
+        "refused_by_reason": counts(selection.implausible_refused),
+        "exported_by_reason": counts(selection.implausible_allowed),
+        "refused": entries(selection.implausible_refused),
+        "exported_implausible": entries(selection.implausible_allowed),
+    }
+
+
+def mask_fields(result: PlausibilityResult, i: int) -> dict[str, Any]:
+    """Slice ``i``'s mask as the receipt gives it: share, components, reason (``None``: fine)."""
+    return {
+        "mask_share": round(float(result.share[i]), 6),
+        "mask_components": int(result.components[i]),
+        "implausible": result.reasons[i] or None,
+    }
+
+
 def build_receipt(
     ident: SetIdentity,
     instances: list[Instance],
     prov: Provenance,
     source: dict[str, Any],
     gate: dict[str, Any],
+    plausibility: dict[str, Any],
     near: list[tuple[bool | None, float | None]],
+    masks: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """The receipt of a freshly built set (no delivery yet).
 
     ``source``: size, pixel_mm, window, seed and counts of the synthetic set; ``near`` gives
     each exported sample, in instance-number order, its (near-copy flag, distance), or
-    ``(None, None)`` where the gate did not run.
+    ``(None, None)`` where the gate did not run; ``masks`` gives each its ``mask_fields``;
+    ``gate`` and ``plausibility`` are the two gates' blocks.
     """
     image_uid = {i.number: i.dataset.SOPInstanceUID for i in instances if i.kind == "image"}
     rows = []
@@ -91,6 +147,7 @@ def build_receipt(
                 "references": None if inst.kind == "image" else image_uid[inst.number],
                 "near_copy": flag,
                 "distance": dist,
+                **masks[inst.number - 1],
                 "pacs": {},
             }
         )
@@ -113,6 +170,7 @@ def build_receipt(
             **source,
         },
         "near_copy_gate": gate,
+        "plausibility_gate": plausibility,
         "contact_sheet": CONTACT_SHEET_NAME,
         "instances": rows,
         "deliveries": [],
@@ -128,8 +186,8 @@ def read_receipt(export_dir: Path) -> dict[str, Any] | None:
         receipt = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: unreadable receipt ({exc})") from None
-    if not isinstance(receipt, dict) or receipt.get("format") != FORMAT:
-        raise ValueError(f"{path}: not an export receipt of format {FORMAT}")
+    if not isinstance(receipt, dict) or receipt.get("format") not in READABLE:
+        raise ValueError(f"{path}: not an export receipt of format {' or '.join(READABLE)}")
     missing = [r["file"] for r in receipt["instances"] if not (path.parent / r["file"]).is_file()]
     if missing:
         raise ValueError(f"{path}: lists {len(missing)} file(s) that are gone, e.g. {missing[0]}")

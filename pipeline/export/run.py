@@ -4,20 +4,21 @@ Reads a ``gvae generate`` folder and writes one folder (replaced atomically)::
 
     dicom/image_0001.dcm ...   Secondary Capture images in HU, series 1 (pipeline.export.dicom_set)
     dicom/seg_0001.dcm ...     one DICOM Segmentation per image, series 2
-    contact_sheet.png          the exported slices with their masks outlined
-    receipt.json               every instance's SOP Instance UID, the gate, PACS outcomes
+    contact_sheet.png          the exported slices with their masks filled and outlined
+    receipt.json               every instance's SOP Instance UID, the gates, PACS outcomes
 
-The privacy gate (pipeline.export.privacy) compares the synthetic slices with the real slices
-the generator was trained on: ``--slices DIR``, by default the slices folder recorded in the
-generator's run (``<run>/data.json``). ``--pacs HOST:PORT`` then C-STOREs the set; sending
-again with ``gvae export --out DIR --pacs HOST:PORT`` (no ``--synthetic``) sends only what that
-PACS does not hold yet. Design and receipt format: docs/export.md.
+The privacy gate (pipeline.export.privacy) and the plausibility gate of the masks
+(pipeline.export.plausibility) compare the synthetic slices with the real slices the generator
+was trained on: ``--slices DIR``, by default the slices folder recorded in the generator's run
+(``<run>/data.json``). ``--pacs HOST:PORT`` then C-STOREs the set; sending again with
+``gvae export --out DIR --pacs HOST:PORT`` (no ``--synthetic``) asks that PACS what it holds
+and sends only what it lacks (``--force``: everything). Design and receipt format:
+docs/export.md.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -31,52 +32,6 @@ from pipeline.params.export import AE_TITLE, ExportParams
 
 PROJECT = "gvae-pipeline"
 SPLIT = "synthetic"
-
-
-
-
-def _training_slices(index: dict, explicit: Path | None) -> Path | None:
-    """``explicit``, else the slices folder recorded in the generator's run, if it still exists."""
-    if explicit is not None:
-        return explicit
-    run = (index.get("source") or {}).get("run")
-    try:
-        record = json.loads((Path(run) / "data.json").read_text()) if run else {}
-    except (OSError, json.JSONDecodeError):
-        return None
-    found = Path(record["slices"]) if record.get("slices") else None
-    return found if found is not None and (found / INDEX_NAME).is_file() else None
-
-
-def _gate(params: ExportParams, images, meta, index, slices_dir: Path | None, allow: bool):
-    """(GateResult or None, note): the near-copy check, or why it could not run."""
-    from pipeline.export.privacy import check_reference, near_copy_gate
-
-    if slices_dir is None:
-        note = (
-            "no real training slices found for the near-copy gate: pass --slices DIR (the "
-            "slices folder the generator was trained on)"
-        )
-        if not allow:
-            raise StageError(f"{note}, or --allow-near-copies to export without the check")
-        return None, note
-    train = load_slices(slices_dir, "train")
-    check_reference(meta, train[2], (index.get("source") or {}).get("trained_on"), str(slices_dir))
-    unseen = {s: load_slices(slices_dir, s)[0] for s in ("test", "val") if s in _splits(slices_dir)}
-    m = params.memorization
-    try:
-        gate = near_copy_gate(images, train[0], unseen, m, params.batch_size)
-    except ValueError as exc:
-        if not allow:
-            raise StageError(
-                f"{slices_dir}: near-copy gate: {exc}; --allow-near-copies exports without it"
-            ) from None
-        return None, f"near-copy gate not run: {exc}"
-    return gate, None
-
-
-def _splits(slices_dir: Path) -> set[str]:
-    return set(read_index(slices_dir).get("splits", {}))
 
 
 def _provenance(index: dict, synthetic_dir: Path):
@@ -102,21 +57,43 @@ def _provenance(index: dict, synthetic_dir: Path):
     return Provenance(PROJECT, version, str(source["model"]), model_version)
 
 
-def _contact_sheet(dest: Path, instances, level: float, width: float, ncols: int, flagged) -> None:
-    """Tiles of what was written: stored values back to HU, windowed, mask from the SEG."""
+def _contact_sheet(dest: Path, instances, params: ExportParams, warnings: dict) -> None:
+    """Tiles of what was written: stored values back to HU, windowed, mask from the SEG, filled
+    so that its extent shows; the title says what a gate let through on request."""
     from pipeline.cohort.slicing import window_hu
+    from pipeline.export.marks import PANEL_LABELS
     from pipeline.io.contact_sheet import Panel, write_contact_sheet
 
     images = {i.number: i for i in instances if i.kind == "image"}
     segs = {i.number: i for i in instances if i.kind == "segmentation"}
+    first = params.windows[0]
     panels = []
     for number, img in images.items():
         ds = img.dataset
         hu = ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
         mask = segs[number].dataset.pixel_array.astype(np.uint8).reshape(hu.shape)
-        title = f"SYNTHETIC #{number} (draw {img.draw})" + (" NEAR-COPY" * (number in flagged))
-        panels.append(Panel(window_hu(hu, level, width), mask, title))
-    write_contact_sheet(dest, panels, ncols=ncols)
+        tags = "".join(f" {PANEL_LABELS[k]}" for k in warnings.get(number, {}))
+        title = f"SYNTHETIC #{number} (draw {img.draw}){tags}"
+        panels.append(Panel(window_hu(hu, first.level, first.width), mask, title))
+    write_contact_sheet(
+        dest, panels, ncols=params.contact_sheet_columns, fill=params.contact_sheet_fill
+    )
+
+
+def _gates(params: ExportParams, synthetic_dir: Path, slices_dir: Path | None, allow: bool):
+    """The synthetic set, its index and provenance, and both gates' results with their notes."""
+    from pipeline.export.gates import near_copy, plausibility, reference, training_slices
+
+    try:  # messages of the readers and of the gates name their files
+        index = read_index(synthetic_dir, made_by="gvae generate")
+        images, masks, meta = load_slices(synthetic_dir, SPLIT)
+        prov = _provenance(index, synthetic_dir)
+        real_dir = training_slices(index, slices_dir)
+        train = reference(real_dir, meta, index)
+        near = near_copy(params, images, train, real_dir, allow)
+    except ValueError as exc:
+        raise StageError(str(exc)) from None
+    return (images, masks, meta), index, prov, near, plausibility(params.plausibility, masks, train)
 
 
 def run(
@@ -126,25 +103,31 @@ def run(
     n: int,
     slices_dir: Path | None = None,
     allow_near_copies: bool = False,
+    allow_implausible: bool = False,
 ) -> dict[str, Any]:
     """Build the export set of ``synthetic_dir`` into ``out_dir``; return its receipt."""
     from pipeline.export.dicom_set import build_set
+    from pipeline.export.gates import report_near_copies, report_plausibility
+    from pipeline.export.marks import mark_instances, sample_warnings
     from pipeline.export.privacy import select_slices
-    from pipeline.export.receipt import CONTACT_SHEET_NAME, RECEIPT_NAME, build_receipt, gate_record
+    from pipeline.export.receipt import (
+        CONTACT_SHEET_NAME,
+        RECEIPT_NAME,
+        build_receipt,
+        gate_record,
+        mask_fields,
+        plausibility_record,
+    )
 
     synthetic_dir, out_dir = Path(synthetic_dir), Path(out_dir)
-    try:  # messages of the readers and of the gate name their files
-        index = read_index(synthetic_dir)
-        images, masks, meta = load_slices(synthetic_dir, SPLIT)
-        prov = _provenance(index, synthetic_dir)
-        gate, note = _gate(
-            params, images, meta, index, _training_slices(index, slices_dir), allow_near_copies
-        )
-    except ValueError as exc:
-        raise StageError(str(exc)) from None
+    syn, index, prov, (gate, note), (odd, odd_note) = _gates(
+        params, synthetic_dir, slices_dir, allow_near_copies
+    )
+    images, masks, meta = syn
     draws = meta["slice_index"]
     try:
-        sel = select_slices(None if gate is None else gate.flags, len(images), n, allow_near_copies)
+        flags = None if gate is None else gate.flags
+        sel = select_slices(flags, len(images), n, allow_near_copies, odd.flags, allow_implausible)
         ident, instances = build_set(
             images[sel.chosen],
             masks[sel.chosen],
@@ -157,6 +140,8 @@ def run(
         )
     except ValueError as exc:
         raise StageError(f"{synthetic_dir}: {exc}") from None
+    warnings = sample_warnings(sel, gate, odd, params.plausibility)
+    instances = mark_instances(instances, warnings)
     near = [
         (None, None) if gate is None else (bool(gate.flags[i]), float(gate.distances[i]))
         for i in sel.chosen
@@ -169,55 +154,33 @@ def run(
         "synthetic_slices": len(images),
         "exported": len(sel.chosen),
     }
-    gate_block = gate_record(gate, sel, draws, allow_near_copies, note, params.memorization)
-    receipt = build_receipt(ident, instances, prov, source, gate_block, near)
-    allowed = set(sel.allowed)
-    flagged = {k + 1 for k, i in enumerate(sel.chosen) if i in allowed}
-    first = params.windows[0]
+    gates = (
+        gate_record(gate, sel, draws, allow_near_copies, note, params.memorization),
+        plausibility_record(odd, sel, draws, allow_implausible, odd_note, params.plausibility),
+    )
+    mask_rows = [mask_fields(odd, i) for i in sel.chosen]
+    receipt = build_receipt(ident, instances, prov, source, *gates, near, mask_rows)
     with atomic_dir(out_dir) as tmp:
         (tmp / "dicom").mkdir()
         for inst in instances:
             inst.dataset.save_as(tmp / inst.file, enforce_file_format=True)
-        _contact_sheet(
-            tmp / CONTACT_SHEET_NAME,
-            instances,
-            first.level,
-            first.width,
-            params.contact_sheet_columns,
-            flagged,
-        )
+        _contact_sheet(tmp / CONTACT_SHEET_NAME, instances, params, warnings)
         write_json(tmp / RECEIPT_NAME, receipt)
-    _report_gate(gate, sel, draws, note)
+    report_near_copies(gate, sel, draws, note)
+    report_plausibility(odd, sel, draws, odd_note, params.plausibility)
     return receipt
 
 
-def _report_gate(gate, sel, draws, note: str | None) -> None:
-    """Say on the console which slices the gate refused or let through, and why."""
-    if gate is None:
-        print(f"gvae export: WARNING: {note} (exported because of --allow-near-copies)")
-        return
-    said = {
-        key: ", ".join(f"draw {int(draws[i])} ({gate.distances[i]:.3f})" for i in indices)
-        for key, indices in (("refused", sel.refused), ("allowed", sel.allowed))
-    }
-    head = (
-        "near-copies of real training slices (distance <= threshold "
-        f"{gate.threshold:.3f}, the {gate.calibration} split's quantile)"
-    )
-    if sel.refused:
-        print(
-            f"gvae export: refused {len(sel.refused)} {head}: {said['refused']}; not exported, "
-            "the next clean slices took their place (--allow-near-copies exports them)"
-        )
-    if sel.allowed:
-        print(
-            f"gvae export: WARNING: exporting {len(sel.allowed)} {head} because of "
-            f"--allow-near-copies: {said['allowed']}; marked near_copy in the receipt"
-        )
-
-
-def send(params: ExportParams, out_dir: Path, pacs: str, aet: str | None, called: str | None):
-    """Deliver ``out_dir``'s export to ``pacs``: only what that PACS lacks; update the receipt.
+def send(
+    params: ExportParams,
+    out_dir: Path,
+    pacs: str,
+    aet: str | None,
+    called: str | None,
+    force: bool = False,
+):
+    """Deliver ``out_dir``'s export to ``pacs``: only what that PACS lacks (it is asked, see
+    ``pipeline.export.pacs``), everything with ``force``; update the receipt.
 
     ``aet`` and ``called`` are the AE titles given on the command line (``None``: the params').
     Returns the new receipt; ``StageError`` with the receipt written when anything is missing.
@@ -237,7 +200,7 @@ def send(params: ExportParams, out_dir: Path, pacs: str, aet: str | None, called
         if not AE_TITLE.match(title):
             raise StageError(f"{flag}: not a DICOM AE title (1-16 characters, no '\\'): {title!r}")
     timeouts = Timeouts(params.connect_timeout_s, params.acse_timeout_s, params.dimse_timeout_s)
-    receipt, error = deliver(receipt, out_dir, dest, timeouts)
+    receipt, error = deliver(receipt, out_dir, dest, timeouts, force)
     write_json(out_dir / RECEIPT_NAME, receipt)
     last = receipt["deliveries"][-1]
     total = len(receipt["instances"])
@@ -253,9 +216,10 @@ def send(params: ExportParams, out_dir: Path, pacs: str, aet: str | None, called
             f"({out_dir / RECEIPT_NAME} lists which); `gvae export --out {out_dir} --pacs {pacs}"
             f"{retry_titles}` sends only the missing ones"
         )
+    there = total - last["attempted"]
     print(
-        f"gvae export: {dest.key} holds all {total} instances "
-        f"({last['attempted']} sent now, {total - last['attempted']} already there)"
+        f"gvae export: {dest.key} holds all {total} instances ({last['attempted']} sent now, "
+        f"{there} already there{' as C-FIND confirmed' * bool(there)})"
     )
     return receipt
 

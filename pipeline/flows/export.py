@@ -61,11 +61,20 @@ def synthetic_dir(base: Path, params: Path, model: str, synthetic: str | None) -
 
 
 @task(task_run_name="build {out}", cache_policy=NO_CACHE)
-def build(params: str, synthetic: str, out: str, n: int, slices: str | None, allow: bool):
+def build(
+    params: str,
+    synthetic: str,
+    out: str,
+    n: int,
+    slices: str | None,
+    allow: bool,
+    allow_implausible: bool = False,
+):
     """Run ``gvae export --synthetic ... --out ...`` (no delivery); return the receipt.
 
-    ``slices`` ``None`` leaves the near-copy gate's reference to the stage (the slices folder
-    recorded in the generator's run).
+    ``slices`` ``None`` leaves the gates' reference to the stage (the slices folder recorded in
+    the generator's run); ``allow`` and ``allow_implausible`` are ``--allow-near-copies`` and
+    ``--allow-implausible``.
     """
     from pipeline.stages import export
 
@@ -74,6 +83,8 @@ def build(params: str, synthetic: str, out: str, n: int, slices: str | None, all
         argv += ["--slices", slices]
     if allow:
         argv.append("--allow-near-copies")
+    if allow_implausible:
+        argv.append("--allow-implausible")
     export.main(stage_args(argv))
     return _receipt(out)
 
@@ -118,8 +129,13 @@ def request_markdown(receipt: dict, out: Path) -> str:
     ]
     if not stored:
         lines.append("- PACS: none holds it")
-    gate = json.dumps(receipt.get("near_copy_gate"), indent=2)
-    return "\n".join([*lines, "", "Near-copy gate:", "", "```json", gate, "```"])
+    said = []
+    for title, key in (
+        ("Near-copy gate", "near_copy_gate"),
+        ("Plausibility gate", "plausibility_gate"),
+    ):
+        said += ["", f"{title}:", "", "```json", json.dumps(receipt.get(key), indent=2), "```"]
+    return "\n".join([*lines, *said])
 
 
 @flow(name="clinician-export", log_prints=True)
@@ -133,6 +149,7 @@ def clinician_export(
     synthetic: str | None = None,
     slices: str | None = None,
     allow_near_copies: bool = False,
+    allow_implausible: bool = False,
     root: str = ".",
     params: str = "params.yaml",
 ) -> dict:
@@ -157,7 +174,13 @@ def clinician_export(
         real = None  # the stage then uses the slices folder recorded in the generator's run
     get_run_logger().info("exporting %d slices of %s from %s to %s", n, model, source, out_dir)
     receipt = build(
-        str(params_path), str(source), str(out_dir), n, real and str(real), allow_near_copies
+        str(params_path),
+        str(source),
+        str(out_dir),
+        n,
+        real and str(real),
+        allow_near_copies,
+        allow_implausible,
     )
     missing = None
     if pacs:

@@ -54,8 +54,23 @@ def spread(items: Sequence, limit: int) -> list:
     return [items[i] for i in picks]
 
 
-def render_contact_sheet(panels: Sequence[Panel], ncols: int = 4) -> Figure:
-    """Draw ``panels`` as a grid with mask contours; an empty list gives a sheet saying so."""
+def mask_fill(mask: np.ndarray, alpha: float) -> np.ndarray:
+    """RGBA (S, S, 4) float overlay: the contour colour at opacity ``alpha`` inside ``mask``.
+
+    An outline alone hides a mask's extent: a mask over the whole image has no edge inside it,
+    so it would look like no mask at all.
+    """
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"fill opacity must be in [0, 1], got {alpha}")
+    rgba = np.zeros((*np.shape(mask), 4))
+    rgba[..., :3] = [int(CONTOUR_COLOUR[i : i + 2], 16) / 255 for i in (1, 3, 5)]
+    rgba[..., 3] = (np.asarray(mask) > 0) * alpha
+    return rgba
+
+
+def render_contact_sheet(panels: Sequence[Panel], ncols: int = 4, fill: float = 0.0) -> Figure:
+    """Draw ``panels`` as a grid with mask contours, the masks filled at opacity ``fill``
+    (0: outlines only); an empty list gives a sheet saying so."""
     n = max(1, len(panels))
     ncols = min(ncols, n)
     nrows = math.ceil(n / ncols)
@@ -70,6 +85,8 @@ def render_contact_sheet(panels: Sequence[Panel], ncols: int = 4) -> Figure:
     for ax, panel in zip(axes.flat, panels, strict=False):
         # origin="upper": row 0 (anterior) at the top, exactly as the arrays are stored.
         ax.imshow(panel.image, cmap="gray", vmin=-1.0, vmax=1.0, interpolation="nearest")
+        if panel.mask.any() and fill > 0:
+            ax.imshow(mask_fill(panel.mask, fill), interpolation="nearest")
         if panel.mask.any():
             ax.contour(
                 panel.mask.astype(float), levels=[0.5], colors=CONTOUR_COLOUR, linewidths=1.0
@@ -79,9 +96,12 @@ def render_contact_sheet(panels: Sequence[Panel], ncols: int = 4) -> Figure:
     return fig
 
 
-def write_contact_sheet(dest: str | os.PathLike, panels: Sequence[Panel], ncols: int = 4) -> None:
-    """Render ``panels`` and save the PNG atomically at ``dest``."""
-    fig = render_contact_sheet(panels, ncols)
+def write_contact_sheet(
+    dest: str | os.PathLike, panels: Sequence[Panel], ncols: int = 4, fill: float = 0.0
+) -> None:
+    """Render ``panels`` (masks filled at opacity ``fill``) and save the PNG atomically at
+    ``dest``."""
+    fig = render_contact_sheet(panels, ncols, fill)
     with atomic_path(dest) as tmp:
         # Explicit format: the temporary file's suffix is not ".png".
         fig.savefig(tmp, format="png")

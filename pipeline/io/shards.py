@@ -124,13 +124,17 @@ def same_grid(a: dict[str, Any], b: dict[str, Any]) -> bool:
     )
 
 
-def read_index(slices_dir: str | os.PathLike) -> dict[str, Any]:
-    """Read ``index.json`` of a slices folder; ``ValueError`` naming the file when unusable."""
+def read_index(slices_dir: str | os.PathLike, made_by: str = "gvae slices") -> dict[str, Any]:
+    """Read ``index.json`` of a slices folder; ``ValueError`` naming the file when unusable.
+
+    ``made_by`` is the command that writes such a folder, named when the index is missing
+    (``gvae generate`` writes synthetic sets in the same format).
+    """
     path = Path(slices_dir) / INDEX_NAME
     try:
         index = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ValueError(f"{path}: not found; run `gvae slices` first") from None
+        raise ValueError(f"{path}: not found; run `{made_by}` first") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(index, dict) or index.get("format") != FORMAT:

@@ -9,6 +9,7 @@ exported set look like a real patient's study.
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 from pydantic import Field, field_validator
 
@@ -41,6 +42,22 @@ def _must_say_synthetic(v: str) -> str:
     return v
 
 
+class PlausibilityParams(Frozen):
+    """The plausibility gate of the export (``pipeline.export.plausibility``): masks no clinician
+    should be shown as pancreas."""
+
+    # refuse: the set is meant to carry pancreas, an empty mask is a failed sample; keep: empty
+    # masks are pancreas-free negatives (as `generate.empty: keep` keeps them) and pass.
+    empty: Literal["refuse", "keep"] = "refuse"
+    # A mask covering more than this share of the image is refused whatever the real masks say
+    # (the largest real Pancreas-CT mask covers 7.8% of a 200 mm field of view).
+    max_share: float = Field(0.2, gt=0, le=1)
+    # Real range widened both ways: areas in [min / slack, max * slack] of the real masks'.
+    area_slack: float = Field(1.5, ge=1)
+    # Components allowed above the real masks' maximum (8-connected, as `generate` counts).
+    extra_components: int = Field(1, ge=0)
+
+
 class ExportParams(Frozen):
     """Which synthetic slices are exported, how they are labelled, and how they are delivered."""
 
@@ -69,7 +86,11 @@ class ExportParams(Frozen):
     # The privacy gate (pipeline.augment.quality.memorization) with the same defaults as ct_quality.
     memorization: MemorizationParams = MemorizationParams()
     batch_size: int = Field(256, ge=1, description="distance block of the near-copy check")
+    # The masks' plausibility gate (pipeline.export.plausibility).
+    plausibility: PlausibilityParams = PlausibilityParams()
     contact_sheet_columns: int = Field(4, ge=1)
+    # Opacity of the mask fill on the contact sheet: a whole-image mask has no outline to draw.
+    contact_sheet_fill: float = Field(0.35, ge=0, le=1)
 
     @field_validator(
         "patient_name",
