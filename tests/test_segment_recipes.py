@@ -57,10 +57,10 @@ def test_pretrain_runs_the_synthetic_phase_then_the_real_phase(tmp_path, monkeyp
     last: dict = {}
     augment = train_mod.augment_batch
 
-    def spy_augment(pipe, image, mask, flags):
+    def spy_augment(pipe, image, mask, flags, device=None):
         marked = image[:, 0, 0, 0] == np.float32(0.9)
         last["kind"] = "syn" if marked.all() else "real" if not marked.any() else "both"
-        return augment(pipe, image, mask, flags)
+        return augment(pipe, image, mask, flags, device)
 
     step = torch.optim.Adam.step
 
