@@ -17,6 +17,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -96,6 +97,35 @@ def require_tool(name: str) -> str:
             pytest.fail(msg)
         pytest.skip(msg)
     return found
+
+
+def dcmqi_tool(name: str) -> str:
+    """Path of dcmqi's command-line tool ``name`` (the ``dcmqi`` wheel's console script).
+
+    dcmqi is a dev dependency (pyproject.toml), so a missing tool is a broken install: the test
+    fails, in CI and out, and says how to install it.
+    """
+    beside = Path(sys.executable).parent / name  # the venv's bin/, whatever PATH says
+    found = str(beside) if beside.is_file() else shutil.which(name)
+    if found is None:
+        pytest.fail(
+            f"dcmqi's {name} is neither beside {sys.executable} nor on PATH: install the dev "
+            'dependencies (pip install -e ".[dev]", which holds dcmqi>=1.5.7)'
+        )
+    return found
+
+
+def dcmqi_read_seg(seg: Path, out_dir: Path) -> list[Path]:
+    """The NRRD files dcmqi's ``segimage2itkimage`` writes for the DICOM SEG ``seg`` (one per
+    group of non-overlapping segments) into ``out_dir``; fails with dcmqi's output if it fails.
+    """
+    out_dir.mkdir(parents=True)
+    cmd = [dcmqi_tool("segimage2itkimage"), "--inputDICOM", str(seg)]
+    cmd += ["--outputDirectory", str(out_dir), "--outputType", "nrrd", "--prefix", "seg"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    if res.returncode != 0:
+        pytest.fail(f"segimage2itkimage failed on {seg.name}:\n{res.stdout}{res.stderr}")
+    return sorted(out_dir.glob("seg-*.nrrd"))
 
 
 def dciodvfy(path: Path) -> tuple[str, set[str]]:

@@ -181,16 +181,22 @@ def test_every_instance_is_marked_synthetic(toy):
         assert ds.PatientBirthDate == "" and ds.PatientSex == ""
 
 
-def test_images_are_hu_secondary_capture_without_geometry(toy):
+def test_images_are_hu_ct_slices_each_in_its_own_frame(toy):
     images = [ds for ds in toy["files"].values() if ds.Modality != "SEG"]
     draws = [r["draw"] for r in toy["receipt"]["instances"] if r["kind"] == "image"]
     assert len({ds.SeriesInstanceUID for ds in images}) == 1
+    # A full plane for the SEG readers, but no volume: every sample in a Frame of Reference of
+    # its own (no shared coordinate system), all at one position (no extent to stack).
+    assert len({ds.FrameOfReferenceUID for ds in images}) == len(images)
     for ds, draw in zip(images, draws, strict=True):
-        assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7" and ds.ConversionType == "SYN"
-        assert list(ds.ImageType) == ["DERIVED", "SECONDARY"]
-        # No geometry: a viewer cannot stack independent samples into a volume or an MPR.
-        for keyword in ("FrameOfReferenceUID", "ImagePositionPatient", "ImageOrientationPatient"):
-            assert keyword not in ds
+        assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.2" and ds.SyntheticData == "YES"
+        assert list(ds.ImageType) == ["DERIVED", "SECONDARY", "AXIAL"]
+        # Nothing acquired: no acquisition values, no patient position on a table.
+        for keyword in ("KVP", "AcquisitionNumber", "PatientPosition"):  # type 2, present
+            assert keyword in ds and ds[keyword].is_empty
+        assert [float(v) for v in ds.ImageOrientationPatient] == [1, 0, 0, 0, 1, 0]
+        assert [float(v) for v in ds.ImagePositionPatient] == [-96.875, -96.875, 0.0]
+        assert float(ds.SliceThickness) == 6.25 and ds.PositionReferenceIndicator == ""
         assert list(ds.PatientOrientation) == ["L", "P"]
         assert [float(v) for v in ds.PixelSpacing] == [6.25, 6.25]
         assert ds.RescaleType == "HU"
@@ -207,18 +213,32 @@ def test_segmentations_reference_their_images(toy):
     rows = toy["receipt"]["instances"]
     by_uid = {ds.SOPInstanceUID: ds for ds in files.values()}
     segs = [(r, files[r["file"]]) for r in rows if r["kind"] == "segmentation"]
-    assert len({ds.SeriesInstanceUID for _, ds in segs}) == 1
+    # One series per SEG: OHIF loads one SEG per series.
+    assert len({ds.SeriesInstanceUID for _, ds in segs}) == N
+    assert toy["receipt"]["study"]["seg_series_instance_uids"] == [
+        ds.SeriesInstanceUID for _, ds in segs
+    ]
     for row, seg in segs:
         assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4" and seg.Modality == "SEG"
         # PS3.3 C.8.20.2 fixes a SEG's Image Type to DERIVED\PRIMARY.
         assert list(seg.ImageType) == ["DERIVED", "PRIMARY"]
-        assert "FrameOfReferenceUID" not in seg
         source = seg.PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0]
         ref = source.SourceImageSequence[0].ReferencedSOPInstanceUID
-        assert ref == row["references"] and by_uid[ref].InstanceNumber == seg.InstanceNumber
-        assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == by_uid[ref].SeriesInstanceUID
-        measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+        image = by_uid[ref]
+        assert ref == row["references"] and image.InstanceNumber == seg.InstanceNumber
+        assert seg.SeriesNumber == 100 + seg.InstanceNumber
+        assert seg.SeriesDescription.endswith(f"(image {seg.InstanceNumber})")
+        assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == image.SeriesInstanceUID
+        # The image's Frame of Reference and plane: the SEG lies on its image.
+        assert seg.FrameOfReferenceUID == image.FrameOfReferenceUID
+        shared = seg.SharedFunctionalGroupsSequence[0]
+        orientation = shared.PlaneOrientationSequence[0].ImageOrientationPatient
+        assert orientation == image.ImageOrientationPatient
+        position = seg.PerFrameFunctionalGroupsSequence[0].PlanePositionSequence[0]
+        assert position.ImagePositionPatient == image.ImagePositionPatient
+        measures = shared.PixelMeasuresSequence[0]
         assert [float(v) for v in measures.PixelSpacing] == [6.25, 6.25]
+        assert float(measures.SliceThickness) == float(measures.SpacingBetweenSlices) == 6.25
         assert seg.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeValue == "15776009"
         frame = seg.pixel_array.reshape(32, 32)
         np.testing.assert_array_equal(frame, toy["mask"][row["draw"], 0])
@@ -227,7 +247,7 @@ def test_segmentations_reference_their_images(toy):
 def test_dciodvfy_every_file(toy):
     for name, ds in toy["files"].items():
         iod, messages = dciodvfy(toy["out"] / name)
-        assert iod == ("Segmentation" if ds.Modality == "SEG" else "SCImage"), name
+        assert iod == ("Segmentation" if ds.Modality == "SEG" else "CTImage"), name
         assert messages == DCIODVFY_EXPECTED, name
 
 

@@ -95,7 +95,7 @@ def test_allow_implausible_exports_them_marked_in_the_dicom(planted, tmp_path, c
     for row in receipt["instances"]:
         ds = pydicom.dcmread(out / row["file"])
         assert row["implausible"] == PLANTED.get(row["draw"])
-        # Every instance of both series: the series description warns first, still SYNTHETIC.
+        # Every instance of every series: the series description warns first, still SYNTHETIC.
         assert ds.SeriesDescription.startswith("[IMPLAUSIBLE MASKS] SYNTHETIC")
         assert len(ds.SeriesDescription) <= 64
         comments = ds.ImageComments

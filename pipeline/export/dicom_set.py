@@ -1,14 +1,21 @@
 """The DICOM datasets of one synthetic export set: HU images and their pancreas segmentations.
 
-One study per set. Series 1 holds the synthetic slices as Secondary Capture images with a
-Modality LUT (stored value + rescale = HU, Rescale Type HU) and abdominal VOI window presets;
-series 2 holds one DICOM Segmentation (highdicom, BINARY) per image, referencing it. Why SC and
-not CT Image Storage: the CT IOD makes the Image Plane and Frame of Reference modules
-mandatory, i.e. every slice would have to claim a position in a patient coordinate system, and
-a viewer stacks a series of such slices into a volume. The samples are independent 2D draws,
-so the images carry no Frame of Reference, position or orientation at all: no viewer can build
-a volume or an MPR from them, and Conversion Type SYN (synthetic image) says what they are.
-The full reasoning is in docs/export.md.
+One study per set. Series 1 holds the synthetic slices as CT images (stored value + rescale =
+HU, Rescale Type HU) with abdominal VOI window presets, marked synthetic (Synthetic Data YES,
+Image Type DERIVED\\SECONDARY, synthesizing equipment) and claiming no acquisition (empty KVP,
+Acquisition Number, Patient Position); each image's pancreas mask is one DICOM Segmentation
+(highdicom, BINARY) in a series of its own. CT and not Secondary Capture: the SC IOD gained the
+Image Plane module only recently, and validators and readers of the older IOD (dicom3tools of
+Debian bookworm) reject an SC image's plane.
+
+Geometry without a volume: every image has a full plane (Image Plane module: position,
+orientation, pixel spacing, slice thickness), which SEG readers need (dcmqi and OHIF refuse a
+SEG without one), but in a Frame of Reference of its own, and every image sits at the same
+position. A Frame of Reference is one patient coordinate system, so images in different ones
+are not spatially related; and a viewer that stacks by position alone finds no extent between
+the slices to reconstruct. So no viewer can build a volume or an MPR across the samples, which
+are independent 2D draws. A SEG lives in one Frame of Reference, hence one SEG per image; OHIF
+loads one SEG per series, hence one series per SEG. The full reasoning is in docs/export.md.
 
 Everything here is pure: arrays and identities in, pydicom datasets out. Nothing is read from
 any real patient's file, so nothing of one can be copied: every identifier is new or fixed.
@@ -28,15 +35,20 @@ from pydicom.valuerep import format_number_as_ds
 
 from pipeline.params.export import ExportParams
 
-SC_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 # Stored value = HU + 1024 in 12 unsigned bits, as most CT scanners store HU: every viewer
 # handles this pixel format, and the rescale intercept brings the HU back.
 HU_OFFSET = 1024
 BITS_STORED = 12
 IMAGE_SERIES_NUMBER = 1
-SEG_SERIES_NUMBER = 2
-# LO: 64 characters at most.
+# The SEG of image k is series SEG_SERIES_BASE + k: viewers list it after the images.
+SEG_SERIES_BASE = 100
+# Every image's plane in its own Frame of Reference: rows run to the patient's left (+x),
+# columns posterior (+y), the usual axial display; the slice centre is the origin.
+ORIENTATION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+# Descriptions and names of VR LO: 64 characters at most (PS3.5 6.2).
+LO_MAX = 64
 DEIDENTIFICATION_METHOD = "No patient: pixels synthesized by a generative model"
 
 
@@ -56,7 +68,6 @@ class SetIdentity:
 
     study_uid: str
     image_series_uid: str
-    seg_series_uid: str
     patient_name: str
     patient_id: str
     study_id: str
@@ -81,7 +92,6 @@ def new_identity(params: ExportParams, created: dt.datetime) -> SetIdentity:
     return SetIdentity(
         study_uid=study_uid,
         image_series_uid=generate_uid(),
-        seg_series_uid=generate_uid(),
         patient_name=params.patient_name,
         patient_id=f"{params.patient_id_prefix}{tag}",
         study_id=f"SYN{tag}",  # SH: 16 characters at most
@@ -146,6 +156,30 @@ def _common(ds: Dataset, ident: SetIdentity, prov: Provenance) -> None:
     ds.BodyPartExamined = "ABDOMEN"
 
 
+def image_plane(ds: Dataset, shape: tuple[int, int], pixel_mm: float) -> None:
+    """Set the Frame of Reference and Image Plane modules of one synthetic slice on ``ds``.
+
+    A new Frame of Reference UID (no Position Reference Indicator: no anatomical landmark),
+    ``ORIENTATION``, the slice centre at the origin (every slice of a set at the same place),
+    Pixel Spacing ``pixel_mm`` and Slice Thickness ``pixel_mm``: a sample has no thickness of
+    its own, a cubic voxel is the neutral choice, and SEG readers need a value > 0 to give the
+    segmentation a third spacing (dcmqi refuses it otherwise).
+    """
+    rows, cols = shape
+    spacing = format_number_as_ds(float(pixel_mm))
+    ds.FrameOfReferenceUID = generate_uid()
+    ds.PositionReferenceIndicator = ""
+    ds.ImageOrientationPatient = [format_number_as_ds(v) for v in ORIENTATION]
+    # Position = centre of the first pixel: half the field to the right (-x) and anterior (-y).
+    ds.ImagePositionPatient = [
+        format_number_as_ds(-(cols - 1) / 2 * pixel_mm),
+        format_number_as_ds(-(rows - 1) / 2 * pixel_mm),
+        "0",
+    ]
+    ds.PixelSpacing = [spacing, spacing]
+    ds.SliceThickness = spacing
+
+
 def image_dataset(
     hu: np.ndarray,
     number: int,
@@ -154,11 +188,12 @@ def image_dataset(
     params: ExportParams,
     pixel_mm: float,
 ) -> FileDataset:
-    """One Secondary Capture image of the 2D HU slice ``hu`` (S, S), rows anterior first.
+    """One CT image of the 2D HU slice ``hu`` (S, S), rows anterior first.
 
-    No Frame of Reference, position or orientation (see the module docstring); Patient
-    Orientation L\\P says which way the rows and columns run, which is all a viewer needs to
-    label the image. Pixel Spacing is the training slices' spacing.
+    Its plane (``image_plane``) lies in a new Frame of Reference of its own, so that no two
+    samples share a patient coordinate system (see the module docstring). Patient Orientation
+    L\\P labels the image as the plane's orientation does. Pixel Spacing is the training
+    slices' spacing.
     """
     if hu.ndim != 2:
         raise ValueError(f"expected one 2D slice, got shape {hu.shape}")
@@ -166,21 +201,21 @@ def image_dataset(
     t = ident.created
     sop_uid = generate_uid()
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SC_IMAGE_STORAGE
+    meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
     meta.MediaStorageSOPInstanceUID = sop_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.ImageType = ["DERIVED", "SECONDARY"]
+    ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
     ds.InstanceCreationDate, ds.InstanceCreationTime = _da(t), _tm(t)
-    ds.SOPClassUID, ds.SOPInstanceUID = SC_IMAGE_STORAGE, sop_uid
+    ds.SOPClassUID, ds.SOPInstanceUID = CT_IMAGE_STORAGE, sop_uid
     ds.StudyDate, ds.SeriesDate, ds.ContentDate = _da(t), _da(t), _da(t)
     ds.StudyTime, ds.SeriesTime, ds.ContentTime = _tm(t), _tm(t), _tm(t)
     ds.AccessionNumber = ""
-    # CT: the modality the pixels imitate, so viewers offer HU tools and CT presets; the SC
-    # IOD, Conversion Type SYN and Synthetic Data YES say the slices were not acquired.
+    # CT: the modality the pixels imitate, so viewers offer HU tools and CT presets; Synthetic
+    # Data YES, Image Type DERIVED\SECONDARY and the synthesizing equipment say the slices were
+    # not acquired, and no acquisition value is given (KVP and Acquisition Number are empty).
     ds.Modality = "CT"
-    ds.ConversionType = "SYN"
     ds.Manufacturer = prov.project
     ds.ReferringPhysicianName = ""
     ds.StudyDescription = params.study_description
@@ -193,26 +228,22 @@ def image_dataset(
     ds.PatientName = ident.patient_name
     ds.PatientID = ident.patient_id
     ds.PatientBirthDate, ds.PatientSex = "", ""  # type 2: a synthetic image has neither
-    ds.SecondaryCaptureDeviceManufacturer = prov.project
-    ds.SecondaryCaptureDeviceManufacturerModelName = prov.model
-    ds.SecondaryCaptureDeviceSoftwareVersions = [
-        f"{prov.project} {prov.project_version}",
-        prov.model_version,
-    ]
-    ds.SoftwareVersions = ds.SecondaryCaptureDeviceSoftwareVersions
+    ds.SoftwareVersions = [f"{prov.project} {prov.project_version}", prov.model_version]
+    ds.KVP, ds.AcquisitionNumber = "", ""  # CT Image module, type 2: nothing was acquired
+    ds.PatientPosition = ""  # General Series, type 2C: no patient lay on a table
     ds.StudyInstanceUID = ident.study_uid
     ds.SeriesInstanceUID = ident.image_series_uid
     ds.StudyID = ident.study_id
     ds.SeriesNumber = IMAGE_SERIES_NUMBER
     ds.InstanceNumber = number
     ds.PatientOrientation = ["L", "P"]  # rows run to the patient's left, columns posterior
+    image_plane(ds, stored.shape, pixel_mm)
     ds.BurnedInAnnotation = "NO"
     ds.RecognizableVisualFeatures = "NO"
     ds.LossyImageCompression = "00"
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.Rows, ds.Columns = stored.shape
-    ds.PixelSpacing = [format_number_as_ds(float(pixel_mm))] * 2
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, BITS_STORED, BITS_STORED - 1
     ds.PixelRepresentation = 0
     ds.RescaleIntercept = str(-HU_OFFSET)
@@ -226,15 +257,26 @@ def image_dataset(
     return ds
 
 
+def seg_series_description(description: str, number: int) -> str:
+    """``description`` of the SEG series of image ``number``, numbered, at most 64 characters
+    (LO), the word SYNTHETIC kept."""
+    tail = f" (image {number})"
+    text = description[: LO_MAX - len(tail)] + tail
+    return text if "SYNTHETIC" in text.upper() else "SYNTHETIC" + tail
+
+
 def segmentation_dataset(
     image: Dataset, mask: np.ndarray, ident: SetIdentity, prov: Provenance, params: ExportParams
 ) -> Dataset:
     """The BINARY DICOM Segmentation (highdicom) of one image's pancreas mask ``(S, S)``.
 
-    Without a Frame of Reference a SEG frame is tied to its image by the Source Image Sequence
-    (SOP Instance UID), which is how SEG-capable viewers overlay it; highdicom allows one
-    source image per SEG in that case, hence one SEG per image. An empty mask (a negative
-    sample) is kept as an empty frame, so every image has its SEG.
+    The SEG takes the image's Frame of Reference, its plane (Plane Orientation and Plane
+    Position functional groups, Pixel Measures with the slice thickness) and references it by
+    SOP Instance UID (Derivation Image and Referenced Series Sequences): what dcmqi, highdicom
+    and OHIF read. A SEG has one Frame of Reference and each image has its own, hence one SEG
+    per image, in a series of its own (series ``SEG_SERIES_BASE`` + Instance Number) because
+    OHIF loads one SEG per series. An empty mask (a negative sample) is kept as an empty frame,
+    so every image has its SEG.
     """
     import highdicom as hd
 
@@ -257,8 +299,8 @@ def segmentation_dataset(
         pixel_array=np.asarray(mask, dtype=bool),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[segment],
-        series_instance_uid=ident.seg_series_uid,
-        series_number=SEG_SERIES_NUMBER,
+        series_instance_uid=generate_uid(),
+        series_number=SEG_SERIES_BASE + int(image.InstanceNumber),
         sop_instance_uid=generate_uid(),
         instance_number=int(image.InstanceNumber),
         manufacturer=prov.project,
@@ -267,7 +309,9 @@ def segmentation_dataset(
         device_serial_number=prov.model_version,
         content_description="SYNTHETIC pancreas mask, drawn with the image",
         content_label="PANCREAS",
-        series_description=params.seg_series_description,
+        series_description=seg_series_description(
+            params.seg_series_description, int(image.InstanceNumber)
+        ),
         omit_empty_frames=False,
     )
     # highdicom would list the source image's equipment as "Acquisition Equipment"; nothing
@@ -281,7 +325,12 @@ def segmentation_dataset(
     _common(seg, ident, prov)  # sets the sequence to the synthesizing item alone
     seg.ContributingEquipmentSequence = [*seg.ContributingEquipmentSequence, *processing]
     seg.StudyDescription = params.study_description
-    seg.PatientOrientation = image.PatientOrientation  # General Image, 2C: no plane module
+    seg.PatientOrientation = image.PatientOrientation  # General Image 2C: may be present
+    seg.ContentCreatorName = ""  # type 2 (Content Identification): an algorithm, no person
+    # highdicom writes a Spacing Between Slices of 1 mm for a single plane, and dcmqi takes it
+    # as the third spacing of the label image it writes: the image's thickness instead.
+    measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    measures.SpacingBetweenSlices = image.SliceThickness
     return seg
 
 

@@ -5,9 +5,9 @@ receipt once it is in a PACS, so the files themselves carry the warning where a 
 
 * Image Comments (0020,4000) of the sample's image and SEG says what is wrong with that sample
   (General Image module, PS3.3 C.7.6.1: "user-defined comments about the image");
-* Series Description (0008,103E) of both series starts with ``[NEAR-COPIES]``,
-  ``[IMPLAUSIBLE MASKS]`` or both: every viewer lists series by their description, and the
-  description is the series', so it warns about the series as a whole.
+* Series Description (0008,103E) of every series (images and SEGs) starts with
+  ``[NEAR-COPIES]``, ``[IMPLAUSIBLE MASKS]`` or both: every viewer lists series by their
+  description, and the description is the series', so it warns about the series as a whole.
 
 Pure: the datasets are copied, never changed in place.
 """
@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 from dataclasses import replace
 
-from pipeline.export.dicom_set import Instance
+from pipeline.export.dicom_set import LO_MAX, Instance
 from pipeline.export.plausibility import PlausibilityResult, describe
 from pipeline.export.privacy import GateResult, Selection
 from pipeline.params.export import PlausibilityParams
@@ -25,8 +25,6 @@ from pipeline.params.export import PlausibilityParams
 NEAR_COPY, IMPLAUSIBLE = "near_copy", "implausible"
 SERIES_LABELS = {NEAR_COPY: "NEAR-COPIES", IMPLAUSIBLE: "IMPLAUSIBLE MASKS"}
 PANEL_LABELS = {NEAR_COPY: "NEAR-COPY", IMPLAUSIBLE: "IMPLAUSIBLE"}  # contact sheet titles
-# Series Description is LO: 64 characters at most (PS3.5 6.2).
-LO_MAX = 64
 
 
 def marked_description(description: str, kinds: list[str]) -> str:

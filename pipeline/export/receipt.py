@@ -1,9 +1,10 @@
 """The JSON receipt of an export set: every instance, the privacy gate, every delivery.
 
-Format ``gvae-export-receipt/2`` (described field by field in docs/export.md; version 2 added
-the plausibility gate and the PACS query of a retry; version-1 receipts are still read). The
-receipt never names a real patient, case or file path: it sits beside the DICOM files and may travel
-with them. ``instances[*].pacs`` is maintained by ``pipeline.export.pacs``.
+Format ``gvae-export-receipt/3`` (described field by field in docs/export.md; version 2 added
+the plausibility gate and the PACS query of a retry, version 3 one SEG series per image;
+receipts of versions 1 and 2 are still read). The receipt never names a real patient, case or
+file path: it sits beside the DICOM files and may travel with them. ``instances[*].pacs`` is
+maintained by ``pipeline.export.pacs``.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from pipeline.export.dicom_set import Instance, Provenance, SetIdentity
 from pipeline.export.plausibility import PlausibilityResult
 from pipeline.export.privacy import GateResult, Selection
 
-FORMAT = "gvae-export-receipt/2"
-READABLE = ("gvae-export-receipt/1", FORMAT)
+FORMAT = "gvae-export-receipt/3"
+READABLE = ("gvae-export-receipt/1", "gvae-export-receipt/2", FORMAT)
 RECEIPT_NAME = "receipt.json"
 CONTACT_SHEET_NAME = "contact_sheet.png"
 
@@ -160,7 +161,10 @@ def build_receipt(
             "patient_name": ident.patient_name,
             "patient_id": ident.patient_id,
             "image_series_instance_uid": ident.image_series_uid,
-            "seg_series_instance_uid": ident.seg_series_uid,
+            # One SEG series per image, in Instance Number order.
+            "seg_series_instance_uids": [
+                str(i.dataset.SeriesInstanceUID) for i in instances if i.kind == "segmentation"
+            ],
         },
         "source": {
             "project": prov.project,

@@ -2,8 +2,8 @@
 
 Reads a ``gvae generate`` folder and writes one folder (replaced atomically)::
 
-    dicom/image_0001.dcm ...   Secondary Capture images in HU, series 1 (pipeline.export.dicom_set)
-    dicom/seg_0001.dcm ...     one DICOM Segmentation per image, series 2
+    dicom/image_0001.dcm ...   CT images in HU, series 1 (pipeline.export.dicom_set)
+    dicom/seg_0001.dcm ...     one DICOM Segmentation per image, each in a series of its own
     contact_sheet.png          the exported slices with their masks filled and outlined
     receipt.json               every instance's SOP Instance UID, the gates, PACS outcomes
 
