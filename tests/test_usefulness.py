@@ -97,9 +97,10 @@ def test_stage_writes_table_points_and_metrics(tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["faithfulness"]["rho"] > 0.95 and metrics["recall"]["rho"] is None
     assert len(list(csv.DictReader((out / "points.csv").open()))) == 8
-    assert "| mask faithfulness (real-trained UNet Dice) | 8 | +0.98 |" in (
-        out / "table.md"
-    ).read_text()
+    assert (
+        "| mask faithfulness (real-trained UNet Dice) | 8 | +0.98 |"
+        in (out / "table.md").read_text()
+    )
 
 
 def test_missing_segment_results_name_the_file(tmp_path):

@@ -55,8 +55,6 @@ LABEL_FILE = "label.nii.gz"
 _HASH_CHUNK = 1 << 20
 
 
-
-
 def source_sha256(case_dir: Path, files: list[Path], label: Path) -> str:
     """Return the SHA-256 over (name, bytes) of the case's files in sorted order, label last.
 
@@ -126,10 +124,6 @@ def check_grid(affine: np.ndarray, where: Path) -> None:
         check_affine(affine, spacing, str(where), proper=False)
     except SeriesError as exc:
         raise ValueError(str(exc)) from exc
-
-
-
-
 
 
 def check_and_write(

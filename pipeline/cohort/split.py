@@ -43,10 +43,6 @@ def split_counts(n: int, fractions: Mapping[str, float]) -> dict[str, int]:
     return counts
 
 
-
-
-
-
 def split_cases(
     case_ids: Iterable[str], params: SplitParams, unavailable: Iterable[str] = ()
 ) -> dict[str, list[str]]:

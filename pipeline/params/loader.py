@@ -34,18 +34,6 @@ from pipeline.params.segment import SegmentParams, synthetic_models
 DEFAULT_PARAMS = "params.yaml"
 
 
-
-
-
-
-
-
-
-
-
-
-
-
 # ----------------------------------------------------------------------------- loading
 SECTIONS: dict[str, type[Frozen]] = {
     "phantom": PhantomParams,
@@ -228,9 +216,3 @@ def load_params(path: str | os.PathLike = DEFAULT_PARAMS) -> dict[str, Any]:
     path = Path(path)
     raw = read_yaml(path)
     return {name: load_section(path, name, raw) for name in SECTIONS}
-
-
-
-
-
-

@@ -71,8 +71,6 @@ def traversal_grid(model, test: torch.Tensor, cfg, seed: int, batch_size: int = 
     return images, info
 
 
-
-
 def run(
     params_path: Path,
     run_dir: Path,
