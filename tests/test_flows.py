@@ -326,6 +326,32 @@ def test_serve_needs_an_api(tmp_path, monkeypatch, capsys):
     assert "elsewhere: no dvc.yaml" in capsys.readouterr().err
 
 
+def test_serve_root_moves_the_params_default(tmp_path, monkeypatch, capsys):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from pipeline.stages.serve import params_path
+
+    repo, elsewhere = tmp_path / "repo", tmp_path / "elsewhere"
+    for folder in (repo, elsewhere):
+        folder.mkdir()
+    (repo / "dvc.yaml").write_text("stages: {}\n")
+    (repo / "params.yaml").write_text(yaml.safe_dump({"flows": {"cron": "0 25 * * 1"}}))
+    (elsewhere / "params.yaml").write_text("flows: {}\n")  # valid: must not be the one read
+    monkeypatch.chdir(elsewhere)
+    assert params_path(repo, "params.yaml") == repo / "params.yaml"
+    assert params_path(repo, elsewhere / "params.yaml") == elsewhere / "params.yaml"
+    assert params_path(Path("."), "params.yaml") == Path("params.yaml")  # no --root: cwd's
+
+    # No API: whatever params are read, `main` returns before it could serve (and block).
+    with temporary_settings(updates={PREFECT_API_URL: None}):
+        # The default --params is DIR's: its bad cron fails before the API is checked.
+        assert main(["serve", "--root", str(repo)]) == 2
+        assert "flows.cron: Value error, Invalid cron string" in capsys.readouterr().err
+        (repo / "params.yaml").write_text("flows: {}\n")
+        assert main(["serve", "--root", str(repo)]) == 2  # params read; the next check fails
+    assert "PREFECT_API_URL is not set" in capsys.readouterr().err
+
+
 def test_nightly_deployment_is_scheduled_by_a_prefect_server(server, tmp_path, capsys):
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
     from prefect.settings import PREFECT_API_URL, temporary_settings

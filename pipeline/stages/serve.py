@@ -5,6 +5,7 @@ with ``prefect server start``) and executes their flow runs in this process unti
 ``dvc-dag/<flows.deployment>`` on ``flows.cron`` in ``flows.timezone``, and
 ``clinician-export/<flows.export.deployment>``, run with ``prefect deployment run``.
 ``--register-only`` registers them and returns (runs then wait for a ``gvae serve``).
+With ``--root DIR``, a relative ``--params`` (the default ``params.yaml`` too) is DIR's.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=Path("."),
         metavar="DIR",
-        help="repository root the flows run in (default: the current directory)",
+        help="repository root the flows run in (default: the current directory); "
+        "a relative --params is read from DIR",
     )
     parser.add_argument(
         "--register-only",
@@ -32,9 +34,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def params_path(root: Path, params: str | Path) -> Path:
+    """Return the params file the deployments use: ``params`` itself when absolute, else
+    ``root / params``, so ``gvae serve --root DIR`` reads DIR's params.yaml from any folder."""
+    params = Path(params)
+    return params if params.is_absolute() else Path(root) / params
+
+
 def main(args: argparse.Namespace) -> int:
     """CLI entry: check the params and the API address, then register or serve."""
-    settings = load_section(args.params, "flows")  # a bad cron fails before Prefect starts
+    params = params_path(args.root, args.params)
+    settings = load_section(params, "flows")  # a bad cron fails before Prefect starts
     if not (args.root / "dvc.yaml").is_file():
         raise StageError(f"{args.root}: no dvc.yaml; --root must be the repository root")
     from prefect.settings import PREFECT_API_URL
@@ -49,12 +59,12 @@ def main(args: argparse.Namespace) -> int:
     from pipeline.flows import deploy
 
     if args.register_only:
-        for name, ident in deploy.register(args.root, args.params).items():
+        for name, ident in deploy.register(args.root, params).items():
             print(f"gvae serve: registered {name} ({ident})")
         return 0
     print(
         f"gvae serve: dvc-dag/{settings.deployment} at '{settings.cron}' ({settings.timezone}), "
         f"clinician-export/{settings.export.deployment} on request; Ctrl-C stops"
     )
-    deploy.serve(args.root, args.params)
+    deploy.serve(args.root, params)
     return 0
