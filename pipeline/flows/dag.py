@@ -10,7 +10,9 @@ for an unattended run: a schedule, retries, per-stage logs and a run history wit
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import threading
 from collections import deque
 from pathlib import Path
 
@@ -19,14 +21,32 @@ from prefect.cache_policies import NO_CACHE
 
 from pipeline.flows import DVC
 from pipeline.flows.artifacts import publish_artifacts
+from pipeline.flows.repo_lock import LockTimeout, repo_lock
+from pipeline.params.flows import stage_timeout
 from pipeline.params.loader import load_section
 
 # Lines of dvc's output repeated in the exception of a failed stage (all of it is in the log).
 TAIL_LINES = 20
+# Seconds a timed-out stage gets to exit after SIGINT (DVC removes its lock) before SIGKILL.
+STOP_GRACE_S = 10
 
 
 class StageFailed(RuntimeError):
-    """A DVC stage exited non-zero; the message names the stage and quotes dvc's last lines."""
+    """A DVC stage exited non-zero; the message names the stage and quotes dvc's last lines.
+
+    ``stage`` is the stage's address, for whoever reports the failure (``notify``).
+    """
+
+    def __init__(self, message: str, stage: str | None = None):
+        super().__init__(message)
+        self.stage = stage
+
+    def __reduce__(self):  # pickled with its stage (Prefect may persist a task's exception)
+        return type(self), (str(self), self.stage)
+
+
+class StageTimedOut(StageFailed):
+    """A DVC stage ran past its timeout and was stopped; the message names the params key."""
 
 
 def stage_order(root: str | Path, targets: list[str] | None = None) -> list[str]:
@@ -79,30 +99,82 @@ def _address(stage, root: str | Path) -> str:
     return stage.name if rel == "dvc.yaml" else f"{rel}:{stage.name}"
 
 
-@task(task_run_name="{stage}", cache_policy=NO_CACHE)  # DVC, not Prefect, decides what is stale
-def repro_stage(root: str, stage: str) -> str:
-    """Run ``dvc repro --single-item stage`` in ``root``, logging dvc's output; return ``stage``.
+def repro(root: str, stage: str, timeout_s: float, setting: str, log=print) -> None:
+    """Run ``dvc --wait-for-lock repro --single-item stage`` in ``root``, each output line to
+    ``log``, holding the flows' ``repo_lock`` (one flow ``repro`` per repo at a time).
 
-    Raises ``StageFailed`` naming the stage and quoting dvc's last lines when it exits non-zero.
+    A second run of the flow waits for the first one's stage; DVC waits for its own repo lock
+    (another ``dvc repro``/``dvc exp run``) instead of failing with "Unable to acquire lock".
+    Both waits count towards ``timeout_s``, after which the stage's processes are stopped.
+    Raises ``StageTimedOut`` naming the stage and ``setting`` (the params key of the limit),
+    or ``StageFailed`` naming the stage and quoting dvc's last lines when it exits non-zero.
     """
-    logger = get_run_logger()
-    cmd = [*DVC, "repro", "--single-item", stage]
-    logger.info("dvc repro --single-item %s (in %s)", stage, root)
-    tail: deque[str] = deque(maxlen=TAIL_LINES)
-    with subprocess.Popen(
-        cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-    ) as proc:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            line = line.rstrip()
-            if line:
-                logger.info("%s", line)
-                tail.append(line)
-        code = proc.wait()
+    late = f"DVC stage {stage!r} timed out after {timeout_s:g} s ({setting})"
+    try:
+        with repo_lock(root, timeout_s) as waited:
+            code, tail = _run_dvc(root, stage, timeout_s - waited, log)
+    except LockTimeout:
+        raise StageTimedOut(f"{late} waiting for another run's stage to finish", stage) from None
+    if code is None:
+        raise StageTimedOut(f"{late} and was stopped", stage)
     if code:
         raise StageFailed(
-            f"DVC stage {stage!r} failed (dvc repro exit code {code}):\n" + "\n".join(tail)
+            f"DVC stage {stage!r} failed (dvc repro exit code {code}):\n" + "\n".join(tail),
+            stage,
         )
+
+
+def _run_dvc(root: str, stage: str, timeout_s: float, log) -> tuple[int | None, list[str]]:
+    """``dvc repro`` of ``stage``; return its exit code (``None``: stopped after ``timeout_s``
+    seconds) and its last ``TAIL_LINES`` lines."""
+    cmd = [*DVC, "--wait-for-lock", "repro", "--single-item", stage]
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
+    stopped = threading.Event()
+    with subprocess.Popen(
+        cmd,
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+        start_new_session=True,  # its own process group: the stage's command is stopped with dvc
+    ) as proc:
+        timer = threading.Timer(timeout_s, _stop, args=(proc, stopped))
+        timer.start()
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                line = line.rstrip()
+                if line:
+                    log(line)
+                    tail.append(line)
+            code = proc.wait()
+        finally:
+            timer.cancel()
+    return (None if stopped.is_set() else code), list(tail)
+
+
+def _stop(proc: subprocess.Popen, stopped: threading.Event) -> None:
+    """Interrupt ``proc``'s process group (DVC then releases its lock); kill what outlives
+    ``STOP_GRACE_S``."""
+    stopped.set()
+    for sig in (signal.SIGINT, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(STOP_GRACE_S)
+            return
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@task(task_run_name="{stage}", cache_policy=NO_CACHE)  # DVC, not Prefect, decides what is stale
+def repro_stage(root: str, stage: str, timeout_s: float, setting: str) -> str:
+    """``repro`` of ``stage`` in ``root`` with dvc's output in the task's log; return ``stage``."""
+    logger = get_run_logger()
+    logger.info("dvc repro --single-item %s (in %s; timeout %g s)", stage, root, timeout_s)
+    repro(root, stage, timeout_s, setting, log=lambda line: logger.info("%s", line))
     return stage
 
 
@@ -110,12 +182,15 @@ def repro_stage(root: str, stage: str) -> str:
 def dvc_dag(root: str = ".", params: str = "params.yaml", targets: list[str] | None = None) -> dict:
     """Reproduce the DVC DAG of ``root`` stage by stage, then publish its results as artifacts.
 
-    ``params`` (relative to ``root`` unless absolute) supplies the ``flows`` section: retries
-    and retry delay of every stage, the sample-grid globs and the report path. ``targets``
-    limits the run to those stages and their upstream (``None``: everything). Stages run one
-    at a time, dependencies first: DVC locks the repo for each ``repro``. The first stage that
-    still fails after its retries fails the flow with its name. Returns ``{"stages": [...],
-    "artifacts": [...]}``: the stages run, in order, and the artifact keys published.
+    ``params`` (relative to ``root`` unless absolute) supplies the ``flows`` section: retries,
+    retry delay and timeout of every stage, the sample-grid globs and the report path.
+    ``targets`` limits the run to those stages and their upstream (``None``: everything).
+    Stages run one at a time, dependencies first: DVC locks the repo for each ``repro``, and
+    waits for a lock held by another DVC command. A stage past its timeout
+    (``flows.timeout_s``, ``flows.stage_timeout_s``) is stopped and fails like a failing stage
+    (then retried: each attempt has the full timeout). The first stage that still fails after
+    its retries fails the flow with its name. Returns ``{"stages": [...], "artifacts": [...]}``:
+    the stages run, in order, and the artifact keys published.
     """
     base = Path(root).resolve()
     settings = load_section(base / params, "flows")
@@ -125,6 +200,7 @@ def dvc_dag(root: str = ".", params: str = "params.yaml", targets: list[str] | N
         retries=settings.retries, retry_delay_seconds=settings.retry_delay_s
     )
     for stage in stages:
-        run(str(base), stage)  # raises: stop at the first failure, as `dvc repro` does
+        # Raises: stop at the first failure, as `dvc repro` does.
+        run(str(base), stage, *stage_timeout(settings, stage))
     keys = publish_artifacts(base, settings.sample_grids, settings.report)
     return {"stages": stages, "artifacts": keys}

@@ -9,6 +9,7 @@ database, so a typo fails at load time instead of silently scheduling nothing.
 from __future__ import annotations
 
 import re
+from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator
@@ -98,6 +99,12 @@ class FlowsParams(Frozen):
     retries: int = Field(1, ge=0)
     retry_delay_s: float = Field(30.0, ge=0)
     deployment: str = "nightly"  # the scheduled dvc_dag deployment
+    # Wall-clock limit of one attempt of one DVC stage (its wait for DVC's lock included): a
+    # hung stage is stopped and failed instead of stalling the nightly. `stage_timeout_s`
+    # overrides it per stage, keyed by stage name (`train` covers every `train@...` item) or
+    # by one item (`train@mnist-vae`, which wins over its group).
+    timeout_s: float = Field(43200.0, gt=0)
+    stage_timeout_s: dict[str, Annotated[float, Field(gt=0)]] = {}
     # Globs (relative to the repo root) of the sample grids linked in the run's artifacts, and
     # the HTML report linked when it exists.
     sample_grids: tuple[str, ...] = (
@@ -128,3 +135,17 @@ class FlowsParams(Frozen):
     @classmethod
     def _name(cls, v: str) -> str:
         return _deployment_name(v)
+
+
+def stage_timeout(settings: FlowsParams, stage: str) -> tuple[float, str]:
+    """Return ``(seconds, key)``: the timeout of DVC stage ``stage`` and the params key it
+    comes from (``flows.stage_timeout_s.<item or group>``, else ``flows.timeout_s``).
+
+    ``stage`` is an address as ``stage_order`` returns it (``train@mnist-vae``,
+    ``sub/dvc.yaml:name``); only its name part is matched against ``stage_timeout_s``.
+    """
+    name = stage.rpartition(":")[2]
+    for key in (name, name.partition("@")[0]):
+        if key in settings.stage_timeout_s:
+            return settings.stage_timeout_s[key], f"flows.stage_timeout_s.{key}"
+    return settings.timeout_s, "flows.timeout_s"

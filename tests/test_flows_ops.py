@@ -1,0 +1,122 @@
+"""Unattended runs of the DVC DAG flow: per-stage timeouts, the failure notice, DVC's lock.
+
+A stage that hangs is stopped after its ``flows`` timeout; two repro calls on one repo wait for
+DVC's lock instead of failing. The flow runs use ``prefect_test_harness`` (a temporary API on
+a temporary SQLite database); the scratch DVC repos are the ones of ``test_flows``.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import psutil
+import pytest
+
+from pipeline.params.loader import ParamsError, load_section
+
+from .prefect_fixtures import QUIET
+from .test_flows import scratch_repo
+
+FLOWS = {"retries": 0, "retry_delay_s": 0, "sample_grids": [], "report": "none.html"}
+
+
+@pytest.fixture(scope="module")
+def harness():
+    """A temporary Prefect API for the module's flow runs."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in {**QUIET, "DVC_NO_ANALYTICS": "1"}.items():
+            mp.setenv(key, value)
+        with prefect_test_harness(server_startup_timeout=180):
+            yield
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_stage_timeout_comes_from_params(tmp_path):
+    from pipeline.params.flows import stage_timeout
+
+    p = tmp_path / "params.yaml"
+    p.write_text("flows: {timeout_s: 60, stage_timeout_s: {train: 7, train@gvae: 9}}\n")
+    settings = load_section(p, "flows")
+    assert stage_timeout(settings, "train@vae") == (7, "flows.stage_timeout_s.train")
+    assert stage_timeout(settings, "train@gvae") == (9, "flows.stage_timeout_s.train@gvae")
+    assert stage_timeout(settings, "sub/dvc.yaml:train") == (7, "flows.stage_timeout_s.train")
+    assert stage_timeout(settings, "report") == (60, "flows.timeout_s")
+    for bad in ("{timeout_s: 0}", "{stage_timeout_s: {train: -1}}", "{timeout: 5}"):
+        p.write_text(f"flows: {bad}\n")
+        with pytest.raises(ParamsError, match="flows.(timeout_s|stage_timeout_s.train|timeout)"):
+            load_section(p, "flows")
+
+
+def test_a_stage_past_its_timeout_is_stopped_and_fails_the_run(harness, tmp_path):
+    from pipeline.flows.dag import StageTimedOut, dvc_dag
+
+    stages = {
+        # `exec`: the shell becomes the sleep, so its PID is the process that must be stopped.
+        "hangs": {"cmd": "echo $$ > hangs.pid && exec sleep 600", "outs": ["hangs.txt"]},
+        "after": {"cmd": "echo ran > after.txt", "deps": ["hangs.txt"], "outs": ["after.txt"]},
+    }
+    flows = {**FLOWS, "timeout_s": 600, "stage_timeout_s": {"hangs": 1.5}}
+    repo = scratch_repo(tmp_path / "repo", stages, flows)
+    state = dvc_dag(root=str(repo), return_state=True)
+    assert state.is_failed()
+    said = "DVC stage 'hangs' timed out after 1.5 s (flows.stage_timeout_s.hangs) and was stopped"
+    assert said in state.message
+    with pytest.raises(StageTimedOut, match="flows.stage_timeout_s.hangs") as caught:
+        state.result()
+    assert caught.value.stage == "hangs"
+    assert not _alive(int((repo / "hangs.pid").read_text()))  # the command itself was stopped
+    assert not (repo / "after.txt").exists()
+
+
+def test_two_repro_calls_on_one_repo_wait_for_dvcs_lock(tmp_path):
+    from pipeline.flows.dag import repro
+
+    # DVC releases its repo lock while a stage's command runs: without the flows' own lock
+    # these two independent stages would run side by side.
+    cmd = "echo start $(date +%s.%N) > {0}.times && sleep 1 && echo end $(date +%s.%N) >> {0}.times"
+    stages = {name: {"cmd": cmd.format(name), "outs": [f"{name}.times"]} for name in ("x", "y")}
+    repo = scratch_repo(tmp_path / "repo", stages, FLOWS)
+    errors: list[BaseException] = []
+
+    def call(stage: str) -> None:
+        try:
+            repro(str(repo), stage, 60, "flows.timeout_s", log=lambda line: None)
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call, args=(s,)) for s in ("x", "y")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    spans = sorted(_span(repo / f"{s}.times") for s in ("x", "y"))
+    assert spans[0][1] <= spans[1][0], f"the two stages overlapped: {spans}"
+
+
+def _span(path: Path) -> tuple[float, float]:
+    """(start, end) times a stage command wrote to ``path``."""
+    times = dict(line.split() for line in path.read_text().splitlines())
+    return float(times["start"]), float(times["end"])
+
+
+def test_a_stage_waiting_past_its_timeout_for_the_lock_fails(tmp_path):
+    from pipeline.flows.dag import StageTimedOut, repro
+    from pipeline.flows.repo_lock import repo_lock
+
+    repo = scratch_repo(tmp_path / "repo", {"x": {"cmd": "echo x > x.txt"}}, FLOWS)
+    with repo_lock(repo, 1):  # another run's stage holds it
+        with pytest.raises(StageTimedOut, match=r"'x' timed out after 0.5 s \(flows.timeout_s\)"):
+            repro(str(repo), "x", 0.5, "flows.timeout_s", log=lambda line: None)
+    assert not (repo / "x.txt").exists()
+    repro(str(repo), "x", 60, "flows.timeout_s", log=lambda line: None)  # released: it runs
+    assert (repo / "x.txt").read_text() == "x\n"
