@@ -388,6 +388,9 @@ def test_nightly_deployment_is_scheduled_by_a_prefect_server(server, tmp_path, c
     assert all(f"gvae serve: registered {name} ({ident})" in said for name, ident in ids.items())
     [schedule] = deployment.schedules
     assert (schedule.schedule.cron, schedule.schedule.timezone) == ("30 6 * * 1", tz)
+    # One DAG run at a time: a second trigger is enqueued until the first ends.
+    assert deployment.global_concurrency_limit.limit == 1
+    assert deployment.concurrency_options.collision_strategy == "ENQUEUE"
     assert deployment.parameters == {"root": str(tmp_path), "params": str(tmp_path / "params.yaml")}
     assert len(runs) >= 3, "the server's scheduler created no runs"
     assert on_request == []  # the export deployment has no schedule

@@ -16,10 +16,12 @@ from pipeline.params.loader import load_section
 
 def deployments(root: str | Path, params: str | Path) -> list:
     """The two ``RunnerDeployment``s: ``dvc-dag/<flows.deployment>`` with the cron schedule
-    in ``flows.timezone``, and ``clinician-export/<flows.export.deployment>`` (no schedule).
+    in ``flows.timezone`` and a concurrency limit of 1 (a second run waits), and
+    ``clinician-export/<flows.export.deployment>`` (no schedule).
 
     ``params`` is read now (a bad schedule fails here, not at 2 a.m.) and passed to the runs.
     """
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.deployments.runner import EntrypointType
     from prefect.schedules import Cron
 
@@ -38,6 +40,11 @@ def deployments(root: str | Path, params: str | Path) -> list:
     nightly = dvc_dag.to_deployment(
         name=settings.deployment,
         schedule=Cron(settings.cron, timezone=settings.timezone),
+        # One DAG run at a time; a second trigger is enqueued (AwaitingConcurrencySlot) and
+        # starts when the first ends, rather than being dropped.
+        concurrency_limit=ConcurrencyLimitConfig(
+            limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
+        ),
         description=f"dvc repro, stage by stage, at '{settings.cron}' ({settings.timezone})",
         **common,
     )
