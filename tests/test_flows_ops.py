@@ -1,13 +1,17 @@
 """Unattended runs of the DVC DAG flow: per-stage timeouts, the failure notice, DVC's lock.
 
-A stage that hangs is stopped after its ``flows`` timeout; two repro calls on one repo wait for
-DVC's lock instead of failing. The flow runs use ``prefect_test_harness`` (a temporary API on
-a temporary SQLite database); the scratch DVC repos are the ones of ``test_flows``.
+A stage that hangs is stopped after its ``flows`` timeout; a failed run POSTs its notice to a
+loopback HTTP receiver; two repro calls on one repo run one after the other. The flow runs use
+``prefect_test_harness`` (a temporary API on a temporary SQLite database); the scratch DVC
+repos are the ones of ``test_flows``.
 """
 
 from __future__ import annotations
 
+import json
 import threading
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import psutil
@@ -15,6 +19,7 @@ import pytest
 
 from pipeline.params.loader import ParamsError, load_section
 
+from .export_fixtures import free_port
 from .prefect_fixtures import QUIET
 from .test_flows import scratch_repo
 
@@ -120,3 +125,61 @@ def test_a_stage_waiting_past_its_timeout_for_the_lock_fails(tmp_path):
     assert not (repo / "x.txt").exists()
     repro(str(repo), "x", 60, "flows.timeout_s", log=lambda line: None)  # released: it runs
     assert (repo / "x.txt").read_text() == "x\n"
+
+
+@contextmanager
+def receiver():
+    """A loopback HTTP server in a thread; yields ``(url, bodies)``, the JSON bodies POSTed."""
+    bodies: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (http.server's name)
+            bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):  # quiet
+            pass
+
+    port = free_port()
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}/hooks/gvae", bodies
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_failed_run_posts_its_notice_to_the_webhook(harness, tmp_path):
+    from pipeline.flows.dag import dvc_dag
+
+    stages = {"broken": {"cmd": "echo 'disk on fire' >&2 && exit 3", "outs": ["broken.txt"]}}
+    with receiver() as (url, bodies):
+        repo = scratch_repo(tmp_path / "repo", stages, {**FLOWS, "notify": {"webhook": url}})
+        state = dvc_dag(root=str(repo), return_state=True)
+        assert state.is_failed()
+        ok = scratch_repo(
+            tmp_path / "ok", {"x": {"cmd": "true"}}, {**FLOWS, "notify": {"webhook": url}}
+        )
+        assert dvc_dag(root=str(ok), return_state=True).is_completed()
+    [notice] = bodies  # the completed run sent nothing
+    assert notice["flow"] == "dvc-dag" and notice["state"] == "Failed"
+    assert notice["stage"] == "broken"
+    assert notice["flow_run_id"] == str(state.state_details.flow_run_id)
+    assert notice["flow_run"]  # Prefect's generated run name
+    assert "DVC stage 'broken' failed (dvc repro exit code" in notice["error"]
+    assert "disk on fire" in notice["error"]
+
+
+def test_notify_params_are_validated(tmp_path):
+    p = tmp_path / "params.yaml"
+    for bad, message in [
+        ("{webhook: 'ftp://x'}", "flows.notify.webhook: Value error, not an http(s) URL"),
+        ("{webhook: 'http://x', timeout_s: 0}", "flows.notify.timeout_s"),
+        ("{url: 'http://x'}", "unknown key 'flows.notify.url'"),
+    ]:
+        p.write_text(f"flows: {{notify: {bad}}}\n")
+        with pytest.raises(ParamsError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            load_section(p, "flows")

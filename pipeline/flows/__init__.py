@@ -5,6 +5,9 @@
   and optionally a PACS, through ``gvae export``'s own code.
 - ``cohort.cohort_dask``: ``gvae ingest`` + ``gvae slices`` with one task per case on a Dask
   cluster (``prefect-dask``; params ``flows.dask``), same per-case code, same outputs.
+- ``repo_lock``: the file lock that runs one ``dvc repro`` of the flows per repo at a time.
+- ``notify``: the flows' ``on_failure`` hook, a JSON notice to the webhook of params
+  ``flows.notify``.
 - ``deploy``: the scheduled nightly deployment and the on-request export deployment
   (``gvae serve``).
 """

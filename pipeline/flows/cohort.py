@@ -27,6 +27,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.cache_policies import NO_CACHE
 
+from pipeline.flows.notify import notify_failure
 from pipeline.params.flows import DaskParams
 from pipeline.params.loader import load_section
 
@@ -112,7 +113,7 @@ def cohort_cases(params: str, images: str, labels: str, volumes: str, slices: st
     return {"volumes": volumes, "cases": len(rows), "failed": failed, "slices": summary}
 
 
-@flow(name="cohort-dask")
+@flow(name="cohort-dask", on_failure=[notify_failure], on_crashed=[notify_failure])
 def cohort_dask(
     root: str = ".",
     params: str = "params.yaml",

@@ -21,6 +21,7 @@ from prefect.cache_policies import NO_CACHE
 
 from pipeline.flows import DVC
 from pipeline.flows.artifacts import publish_artifacts
+from pipeline.flows.notify import notify_failure
 from pipeline.flows.repo_lock import LockTimeout, repo_lock
 from pipeline.params.flows import stage_timeout
 from pipeline.params.loader import load_section
@@ -178,7 +179,7 @@ def repro_stage(root: str, stage: str, timeout_s: float, setting: str) -> str:
     return stage
 
 
-@flow(name="dvc-dag")
+@flow(name="dvc-dag", on_failure=[notify_failure], on_crashed=[notify_failure])
 def dvc_dag(root: str = ".", params: str = "params.yaml", targets: list[str] | None = None) -> dict:
     """Reproduce the DVC DAG of ``root`` stage by stage, then publish its results as artifacts.
 

@@ -18,6 +18,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from pipeline.flows.notify import notify_failure
 from pipeline.params.loader import DEFAULT_PARAMS, load_section
 
 EXPORT_KEY = "clinician-export"
@@ -138,7 +139,12 @@ def request_markdown(receipt: dict, out: Path) -> str:
     return "\n".join([*lines, *said])
 
 
-@flow(name="clinician-export", log_prints=True)
+@flow(
+    name="clinician-export",
+    log_prints=True,
+    on_failure=[notify_failure],
+    on_crashed=[notify_failure],
+)
 def clinician_export(
     model: str,
     n: int,

@@ -81,6 +81,24 @@ class DaskParams(Frozen):
         return v
 
 
+class NotifyParams(Frozen):
+    """Where a failed or crashed flow run is reported (``pipeline.flows.notify``).
+
+    ``webhook``: an http(s) URL that receives the failure notice as a JSON POST; empty sends
+    nothing. ``timeout_s`` bounds the POST, so an unreachable receiver cannot hold the run.
+    """
+
+    webhook: str = ""
+    timeout_s: float = Field(10.0, gt=0)
+
+    @field_validator("webhook")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if v and not re.match(r"^https?://[^\s/]+", v):
+            raise ValueError(f"not an http(s) URL (or empty: no notice), got {v!r}")
+        return v
+
+
 def _deployment_name(v: str) -> str:
     if not DEPLOYMENT_NAME.match(v):
         raise ValueError(f"deployment name must be 1-64 letters, digits, '_', '.', '-', got {v!r}")
@@ -113,6 +131,7 @@ class FlowsParams(Frozen):
     )
     report: str = "data/report/index.html"
     export: ClinicianExportParams = ClinicianExportParams()
+    notify: NotifyParams = NotifyParams()  # the failure notice of every flow
     dask: DaskParams = DaskParams()  # the cohort_dask flow: ingest + slicing mapped over cases
 
     @field_validator("cron")
