@@ -46,16 +46,17 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import pipeline.augment.segment.grid as grid  # noqa: E402
 import pipeline.augment.segment.train as train  # noqa: E402
 from benchmarks import common  # noqa: E402
 from models.train.trainer import resolve_device  # noqa: E402
 from pipeline.params.loader import load_section, with_overrides  # noqa: E402
 from pipeline.params.segment import SegmentParams  # noqa: E402
 
-# The code path before the speed switches, what "before" of --compare measures: these values
-# and Adam's per-tensor loop (train.ADAM_FOREACH off).
-BEFORE = {"augment_backend": "monai", "channels_last": False, "compile": False,
-          "precision": "auto"}  # fmt: skip
+# The code path before the speed switches, what "before" of --compare measures: the switches'
+# old values, the ones the grid's fingerprint keeps for runs made before them, and Adam's
+# per-tensor loop (train.ADAM_FOREACH off).
+BEFORE = dict(grid.SWITCHES)
 SWITCHES = tuple(BEFORE)
 
 
