@@ -117,6 +117,8 @@ class FlowsParams(Frozen):
     retries: int = Field(1, ge=0)
     retry_delay_s: float = Field(30.0, ge=0)
     deployment: str = "nightly"  # the scheduled dvc_dag deployment
+    # The Prefect process work pool of prefect.yaml's deployments (`prefect worker start`).
+    work_pool: str = "gvae"
     # Wall-clock limit of one attempt of one DVC stage (its wait for DVC's lock included): a
     # hung stage is stopped and failed instead of stalling the nightly. `stage_timeout_s`
     # overrides it per stage, keyed by stage name (`train` covers every `train@...` item) or
@@ -150,7 +152,7 @@ class FlowsParams(Frozen):
             raise ValueError(f"not an IANA timezone (e.g. UTC, Europe/Berlin), got {v!r}") from None
         return v
 
-    @field_validator("deployment")
+    @field_validator("deployment", "work_pool")
     @classmethod
     def _name(cls, v: str) -> str:
         return _deployment_name(v)
