@@ -37,6 +37,11 @@ class ClinicianExportParams(Frozen):
     synthetic: str = "data/ct/synthetic/{model}/f1.0"  # the `generate` output, all patients
     slices: str = "data/slices"  # the real slices the generators were trained on (privacy gate)
     out: str = "export/{model}-{time}"
+    # Wall-clock limit of one attempt of each task: building the study (gates included), and
+    # one PACS delivery. A hung association then fails the attempt (and is retried) instead of
+    # holding the request forever.
+    build_timeout_s: float = Field(3600.0, gt=0)
+    send_timeout_s: float = Field(600.0, gt=0)
 
     @field_validator("deployment")
     @classmethod
