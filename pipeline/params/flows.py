@@ -130,13 +130,23 @@ class FlowsParams(Frozen):
     # by one item (`train@mnist-vae`, which wins over its group).
     timeout_s: float = Field(43200.0, gt=0)
     stage_timeout_s: dict[str, Annotated[float, Field(gt=0)]] = {}
-    # Globs (relative to the repo root) of the sample grids linked in the run's artifacts, and
-    # the HTML report linked when it exists.
+    # Globs (relative to the repo root) of the sample grids in the run's artifacts, and the
+    # HTML report linked when it exists.
     sample_grids: tuple[str, ...] = (
         "data/models/**/samples/*.png",
         "data/ct/quality/*/grid.png",
     )
     report: str = "data/report/index.html"
+    # The newest grid of each folder is embedded in the artifact, downscaled to at most
+    # `grid_kb`, until `grids_total_kb` are used (0: links only); the others are links.
+    grid_kb: float = Field(200.0, gt=0)
+    grids_total_kb: float = Field(2000.0, ge=0)
+    # Markdown tables shown inline in the run's `headline-tables` artifact, {title: path
+    # relative to the repo root}; one not produced yet is named as such.
+    tables: dict[str, str] = {
+        "Segmentation: test Dice and paired differences": "data/ct/segment/table.md",
+        "CT synthesis: quality": "data/ct/quality_report/table.md",
+    }
     export: ClinicianExportParams = ClinicianExportParams()
     notify: NotifyParams = NotifyParams()  # the failure notice of every flow
     dask: DaskParams = DaskParams()  # the cohort_dask flow: ingest + slicing mapped over cases
