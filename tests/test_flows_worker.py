@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from pipeline.cli import main
+from pipeline.flows.deploy import ROOT_ENV
 from pipeline.params.loader import load_section
 
 from .export_fixtures import free_port
@@ -53,7 +54,10 @@ def deployed(tmp_path_factory):
     server = PrefectServer(folder / "server", free_port()).start()
     try:
         api = server.wait_healthy()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        # Without GVAE_ROOT: `prefect deploy` would write its value into the pull step.
+        env = {
+            k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k != ROOT_ENV
+        }
         env.update(QUIET)
         env.update(
             {"PREFECT_API_URL": api, "PREFECT_HOME": str(folder / "home"), "DVC_NO_ANALYTICS": "1"}
@@ -126,7 +130,7 @@ def spans(log: Path) -> list[tuple[float, float]]:
 def test_prefect_yaml_is_what_gvae_serve_builds(tmp_path):
     """The committed prefect.yaml is `gvae serve --prefect-yaml` of params.yaml, and its
     deployments have the names, entrypoints, schedule and concurrency `gvae serve` registers."""
-    from pipeline.flows.deploy import ROOT_ENV, deployments
+    from pipeline.flows.deploy import deployments
 
     committed = yaml.safe_load((REPO / "prefect.yaml").read_text())
     out = tmp_path / "prefect.yaml"
@@ -171,7 +175,7 @@ def test_a_worker_runs_the_dag_deployment_from_the_work_pool(deployed, tmp_path)
     repo = scratch_repo(tmp_path / "repo", STAGE, FLOWS)
     run_id = trigger(api, DAG)
     said = prefect(
-        {**env, "GVAE_ROOT": str(repo)},
+        {**env, ROOT_ENV: str(repo)},
         tmp_path,
         *("worker", "start", "--pool", POOL, "--type", "process", "--run-once"),
     )
@@ -183,8 +187,12 @@ def test_a_worker_runs_the_dag_deployment_from_the_work_pool(deployed, tmp_path)
     assert len(spans(repo / "runs.log")) == 1
     assert set(yaml.safe_load((repo / "dvc.lock").read_text())["stages"]) == {"x"}
     with _client(api) as client:
-        result = client.read_flow_run(run_id)
-    assert result.work_pool_name == POOL
+        deployment = client.read_deployment(run.deployment_id)
+    assert run.work_pool_name == POOL
+    # The worker, not `prefect deploy`, filled in the repo: the deployment keeps the variable.
+    assert deployment.pull_steps == [
+        {"prefect.deployments.steps.set_working_directory": {"directory": "{{ $GVAE_ROOT }}"}}
+    ]
 
 
 def test_two_triggers_of_the_dag_deployment_run_one_after_the_other(deployed, tmp_path):
@@ -195,7 +203,7 @@ def test_two_triggers_of_the_dag_deployment_run_one_after_the_other(deployed, tm
     first, second = trigger(api, DAG), trigger(api, DAG)
     worker_env = {
         **env,
-        "GVAE_ROOT": str(repo),
+        ROOT_ENV: str(repo),
         "PREFECT_WORKER_QUERY_SECONDS": "1",
         "PREFECT_WORKER_PREFETCH_SECONDS": "1",
     }
