@@ -74,11 +74,13 @@ def test_a_stage_past_its_timeout_is_stopped_and_fails_the_run(harness, tmp_path
         "hangs": {"cmd": "echo $$ > hangs.pid && exec sleep 600", "outs": ["hangs.txt"]},
         "after": {"cmd": "echo ran > after.txt", "deps": ["hangs.txt"], "outs": ["after.txt"]},
     }
-    flows = {**FLOWS, "timeout_s": 600, "stage_timeout_s": {"hangs": 1.5}}
+    # Long enough for DVC to start the command on a loaded machine (11.6 s seen at load 10), so
+    # the test sees the command itself stopped, not only a stage that never began.
+    flows = {**FLOWS, "timeout_s": 600, "stage_timeout_s": {"hangs": 20}}
     repo = scratch_repo(tmp_path / "repo", stages, flows)
     state = dvc_dag(root=str(repo), return_state=True)
     assert state.is_failed()
-    said = "DVC stage 'hangs' timed out after 1.5 s (flows.stage_timeout_s.hangs) and was stopped"
+    said = "DVC stage 'hangs' timed out after 20 s (flows.stage_timeout_s.hangs) and was stopped"
     assert said in state.message
     with pytest.raises(StageTimedOut, match="flows.stage_timeout_s.hangs") as caught:
         state.result()
