@@ -172,11 +172,11 @@ def _go_to(browser: Browser, sop_uid: str) -> None:
             break
         down = current < index
         browser.key(*(("ArrowDown", "ArrowDown", 40) if down else ("ArrowUp", "ArrowUp", 38)))
-        browser.wait_for(f"{VIEWPORT}.getCurrentImageIdIndex() !== {current}", 10, "the next image")
+        browser.wait_for(f"{VIEWPORT}.getCurrentImageIdIndex() !== {current}", 30, "the next image")
     image_id = browser.evaluate(f"{VIEWPORT}.getCurrentImageId()")
     assert f"/instances/{sop_uid}/" in image_id, (sop_uid, image_id)
     # The image is drawn once its pixel data arrived; the viewport says so.
-    browser.wait_for(f"{VIEWPORT}.getImageData()?.dimensions?.[0] === {S}", 20, "the image")
+    browser.wait_for(f"{VIEWPORT}.getImageData()?.dimensions?.[0] === {S}", 60, "the image")
 
 
 def _double_click(browser: Browser, selector: str) -> None:
@@ -187,7 +187,7 @@ def _double_click(browser: Browser, selector: str) -> None:
     browser.click(*box, count=2)
 
 
-def _overlay(browser: Browser, mask: np.ndarray, timeout: float = 30) -> np.ndarray:
+def _overlay(browser: Browser, mask: np.ndarray, timeout: float = 60) -> np.ndarray:
     """The screenshot once the overlay is drawn where ``mask`` says (or the last one, failed)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -206,12 +206,13 @@ def _overlay(browser: Browser, mask: np.ndarray, timeout: float = 30) -> np.ndar
 @pytest.mark.slow
 def test_ohif_shows_every_slice_with_its_seg_overlay(study, tmp_path):
     viewer, slices = study["viewer"], study["slices"]
-    with Browser(tmp_path / "chromium") as browser:
+    # Generous limits: they only bound a failure, and CI runs other tests beside this one.
+    with Browser(tmp_path / "chromium", timeout=120) as browser:
         browser.goto(viewer.study_url(study["study"]))
         # The study opens: its image series in the viewport, one SEG series per slice listed.
-        browser.wait_for(f"!!{VIEWPORT}?.getCurrentImageId()", 60, "the first image")
+        browser.wait_for(f"!!{VIEWPORT}?.getCurrentImageId()", 240, "the first image")
         for _, _, number, _ in slices:
-            browser.wait_for(f"!!document.querySelector('[data-series=\"{number}\"]')", 20)
+            browser.wait_for(f"!!document.querySelector('[data-series=\"{number}\"]')", 60)
         assert browser.evaluate(f"{VIEWPORT}.getImageIds().length") == len(slices)
         # Keyboard focus on the viewport (a click that drags nothing).
         box = browser.evaluate(
@@ -229,7 +230,7 @@ def test_ohif_shows_every_slice_with_its_seg_overlay(study, tmp_path):
             _double_click(browser, f'[data-series="{number}"]')
             browser.wait_for(
                 "cornerstoneTools.segmentation.state.getSegmentations().length > " + str(loaded),
-                30,
+                120,
                 f"the SEG of slice {index + 1} (series {number})",
             )
             _go_to(browser, sop_uid)  # opening a SEG may move the viewport
