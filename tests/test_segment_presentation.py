@@ -236,3 +236,24 @@ def test_the_opening_names_the_seed_counts(seeds, text):
 
     scale = profile_text({"profile": "full", "image_size": 64, "segment_seeds": seeds})["scale"]
     assert text in scale
+
+
+def test_the_opening_tells_a_real_cohort_run_from_the_smoke_run(tmp_path):
+    """The cpu profile's smoke-run sentence belongs to its phantom cohort: the same profile with
+    the slices pointed at real patients (source: pairs) says it is not that run."""
+    import yaml
+
+    from pipeline.report.summary import PURPOSE, REAL_COHORT, profile_text
+    from pipeline.stages.report import run_shape
+    from tests.conftest import REPO
+
+    default = run_shape(REPO / "params.yaml")
+    assert default["cohort"] == "phantom"
+    assert profile_text(default)["purpose"] == PURPOSE["cpu"]
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["slices"]["source"] = "pairs"
+    raw["slices"]["input"] = "data/raw/pairs"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    real = run_shape(tmp_path / "params.yaml")
+    assert real["cohort"] == "patients"
+    assert profile_text(real)["purpose"] == REAL_COHORT

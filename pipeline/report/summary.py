@@ -45,9 +45,21 @@ def _budget(params: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+# The cpu profile's sentence is about its phantom cohort: a run of the same profile with its
+# slices pointed at real patients (hand-set sizes and budgets) is not that smoke run.
+REAL_COHORT = (
+    "the cpu profile's settings changed by hand for a cohort of real patients: not the default "
+    "smoke run; read every difference with its CI, and the patient and seed counts of each row."
+)
+
+
 def profile_text(params: dict[str, Any]) -> dict[str, str]:
     """The run's profile ``name``, its ``scale`` (sizes and budgets, may be empty) and what its
-    numbers are good for (``purpose``): the template writes them as one paragraph."""
+    numbers are good for (``purpose``): the template writes them as one paragraph.
+    ``params["cohort"]`` (``phantom`` or ``patients``, from :func:`run_shape`) picks the cpu
+    sentence; an older run's params without it read as the phantom default."""
     name = params.get("profile") or "cpu"
     purpose = PURPOSE.get(name, "a custom profile: judge its scale from the settings below.")
+    if name == "cpu" and params.get("cohort") == "patients":
+        purpose = REAL_COHORT
     return {"name": name, "scale": _budget(params), "purpose": purpose}

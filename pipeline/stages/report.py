@@ -64,12 +64,19 @@ def run_shape(params: Path) -> dict:
 
     ct = load_section(params, "ct")
     segment = load_section(params, "segment")
+    slices = load_section(params, "slices")
+    # The phantom stage's cases reach the slices only through ingest (source: volumes).
+    phantom = (
+        slices.source == "volumes"
+        and "phantom" in Path(load_section(params, "ingest").images).parts
+    )
     return {
         "profile": read_yaml(params).get("profile", "cpu"),
+        "cohort": "phantom" if phantom else "patients",
         "datasets": list(load_section(params, "mnist").datasets),
         "models": load_params_models(params),
         "ct_models": list(ct.models),
-        "image_size": load_section(params, "slices").size,
+        "image_size": slices.size,
         # ct.train is merged over the train section for CT runs: its steps win when given.
         "ct_train_steps": ct.train.get("steps", load_section(params, "train").steps),
         "segment_steps": segment.steps,
