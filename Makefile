@@ -1,6 +1,6 @@
 # Two commands set up a fresh machine (Python >= 3.10):
 #   make repro   install into .venv, build the offline `dvc plots show` page, then `dvc repro`
-#                on the embedded default
+#                on the embedded default, then `dvc push` when a default DVC remote is set
 #   make test    install into .venv (+ the Debian tools the tests use), then lint and run the tests
 # Both are idempotent: a second run reinstalls nothing unless pyproject.toml changed.
 #
@@ -54,8 +54,11 @@ $(PLOTS_PAGE): $(STAMP) docs/plots/package.json docs/plots/package-lock.json
 	@$(RUN) gvae plots-template || echo "make: warning: $(PLOTS_PAGE) not built (see above), \
 	so \`dvc plots show\` will fail until \`make plots-template\` succeeds" >&2
 
+# With a default DVC remote (README: "Sharing runs"), the finished run is pushed to it.
 repro: install $(PLOTS_PAGE)
 	$(RUN) dvc repro
+	@if $(RUN) dvc remote default >/dev/null 2>&1; then $(RUN) dvc push; \
+	else echo "make: no default DVC remote, nothing pushed (dvc remote add -d NAME URL)"; fi
 
 test: install system
 	$(RUN) ruff check common pipeline models tests benchmarks

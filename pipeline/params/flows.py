@@ -9,7 +9,7 @@ database, so a typo fails at load time instead of silently scheduling nothing.
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator
@@ -130,6 +130,9 @@ class FlowsParams(Frozen):
         "data/ct/quality/*/grid.png",
     )
     report: str = "data/report/index.html"
+    # After a successful DAG run: `auto` runs `dvc push` when the repo has a default DVC remote
+    # (`dvc remote add -d`), so a finished run can be pulled instead of recomputed; `never` not.
+    push: Literal["auto", "never"] = "auto"
     export: ClinicianExportParams = ClinicianExportParams()
     notify: NotifyParams = NotifyParams()  # the failure notice of every flow
     dask: DaskParams = DaskParams()  # the cohort_dask flow: ingest + slicing mapped over cases
