@@ -14,9 +14,11 @@ commit ``dvc.lock`` with the change.
 from __future__ import annotations
 
 import os
-import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from .conftest import REPO
@@ -80,26 +82,59 @@ def test_committed_lock_matches_dvc_yaml():
     )
 
 
-def _copy(tmp_path: Path) -> Path:
-    for name in ("dvc.yaml", "dvc.lock", "params.yaml"):
-        shutil.copy(REPO / name, tmp_path / name)
+# A DAG in miniature (a foreach stage, params, a metrics file) that `dvc repro` runs in seconds.
+MINI = {
+    "stages": {
+        "make": {
+            "foreach": ["a", "b"],
+            "do": {
+                "cmd": "echo ${item} ${n} > ${item}.txt",
+                "params": ["n"],
+                "outs": ["${item}.txt"],
+            },
+        },
+        "report": {
+            "cmd": "cat a.txt b.txt > report.txt && echo '{\"n\": 1}' > headline.json",
+            "deps": ["a.txt", "b.txt"],
+            "outs": ["report.txt"],
+            "metrics": [{"headline.json": {"cache": False}}],
+        },
+    }
+}
+
+
+@pytest.fixture
+def mini(tmp_path) -> Path:
+    """A git + DVC repo of ``MINI`` after ``dvc repro``: its lock is current."""
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(MINI, sort_keys=False))
+    (tmp_path / "params.yaml").write_text("n: 3\n")
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    for args in (["init", "-q"], ["repro", "-q"]):
+        subprocess.run([sys.executable, "-m", "dvc", *args], cwd=tmp_path, check=True, env=env)
+    assert lock_problems(tmp_path) == []
     return tmp_path
 
 
-def test_a_dead_stage_in_the_lock_is_named(tmp_path):
-    root = _copy(tmp_path)
-    lock = yaml.safe_load((root / "dvc.lock").read_text())
-    lock["stages"]["old_stage"] = {"cmd": "gvae old --out data/old", "outs": []}
-    (root / "dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
-    assert lock_problems(root) == ["old_stage: in dvc.lock but not in dvc.yaml"]
+def _edit(path: Path, change) -> None:
+    data = yaml.safe_load(path.read_text())
+    change(data)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
-def test_a_changed_command_or_a_new_stage_is_named(tmp_path):
-    root = _copy(tmp_path)
-    dvc = yaml.safe_load((root / "dvc.yaml").read_text())
-    dvc["stages"]["report"]["cmd"] += " --extra"
-    dvc["stages"]["new_stage"] = {"cmd": "echo new > new.txt", "outs": ["new.txt"]}
-    (root / "dvc.yaml").write_text(yaml.safe_dump(dvc, sort_keys=False))
-    problems = lock_problems(root)
-    assert problems[0] == "new_stage: in dvc.yaml but not in dvc.lock", problems
-    assert len(problems) == 2 and problems[1].startswith("report: cmd is "), problems
+def test_a_dead_stage_in_the_lock_is_named(mini):
+    stale = {"cmd": "gvae old --out data/old", "outs": [{"path": "data/old"}]}
+    _edit(mini / "dvc.lock", lambda lock: lock["stages"].update({"old_stage": stale}))
+    assert lock_problems(mini) == ["old_stage: in dvc.lock but not in dvc.yaml"]
+
+
+def test_a_new_item_a_changed_command_or_output_is_named(mini):
+    def change(dvc):
+        dvc["stages"]["make"]["foreach"].append("c")  # make@c never ran
+        dvc["stages"]["report"]["cmd"] += " --extra"
+        dvc["stages"]["report"]["outs"] = ["summary.txt"]
+
+    _edit(mini / "dvc.yaml", change)
+    problems = lock_problems(mini)
+    assert problems[0] == "make@c: in dvc.yaml but not in dvc.lock", problems
+    assert [p.split(" is ")[0] for p in problems[1:]] == ["report: cmd", "report: outs"], problems
