@@ -132,7 +132,7 @@ def _compare_two_experiments(work: Path, params: dict, env: dict) -> None:
     assert seg and all(v["old"] is not None or v["new"] is None for v in seg.values()), seg
     assert "data/ct/quality/real/headline.json" in diff
     full = ["--targets", "data/ct/segment/metrics.json"]  # a cached output, not a default column
-    assert _json(["dvc", "metrics", "diff", "HEAD", "seed1", *full, "--json"], work, env)
+    assert _json(["dvc", "metrics", "diff", "HEAD", "seed1", *full, "--all", "--json"], work, env)
 
     plots = _json(["dvc", "plots", "diff", "HEAD", "seed1", "--json"], work, env)["data"]
     for path in ("data/ct/segment/forest.png", "segmentation_dice_vs_size"):
