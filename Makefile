@@ -1,7 +1,8 @@
 # Two commands set up a fresh machine (Python >= 3.10):
 #   make repro   install into .venv, build the offline `dvc plots show` page, then `dvc repro`
 #                on the embedded default, then `dvc push` when a default DVC remote is set
-#   make test    install into .venv (+ the Debian tools the tests use), then lint and run the tests
+#   make test    install into .venv (+ the Debian tools the tests use, + the OHIF viewer), then
+#                lint and run the tests
 # Both are idempotent: a second run reinstalls nothing unless pyproject.toml changed.
 #
 # torch: with no torch in .venv, $(TORCH) is installed (the CPU build by default). GPU users keep
@@ -23,7 +24,7 @@ STAMP := $(VENV)/.installed
 # '{plot_divs}'"), so `make repro` builds it.
 PLOTS_PAGE := docs/plots/build/dvc_plots.html
 
-.PHONY: install system plots-template repro test gpu-check-prep
+.PHONY: install system plots-template viewer repro test gpu-check-prep
 
 install: $(STAMP)
 
@@ -54,13 +55,28 @@ $(PLOTS_PAGE): $(STAMP) docs/plots/package.json docs/plots/package-lock.json
 	@$(RUN) gvae plots-template || echo "make: warning: $(PLOTS_PAGE) not built (see above), \
 	so \`dvc plots show\` will fail until \`make plots-template\` succeeds" >&2
 
+# The OHIF viewer of `gvae view` (docs/export.md): @ohif/app's prebuilt dist/, pinned by
+# docs/ohif/package.json + package-lock.json, into docs/ohif/node_modules (npm the first time,
+# then only when the pin changes). `make viewer` always checks it and fails without it (`make
+# test` needs it for the viewer test); `make repro` installs it once per clone and pin, and
+# without npm warns and runs the DAG anyway (the stages do not need the viewer).
+VIEWER := docs/ohif/node_modules/.gvae-viewer
+VIEW_INSTALL := gvae view --install-only
+
+viewer: install
+	$(RUN) $(VIEW_INSTALL)
+
+$(VIEWER): $(STAMP) docs/ohif/package.json docs/ohif/package-lock.json
+	@$(RUN) $(VIEW_INSTALL) && touch "$@" || echo "make: warning: the OHIF viewer is not \
+	installed (see above), so \`gvae view\` will fail until \`make viewer\` succeeds" >&2
+
 # With a default DVC remote (README: "Sharing runs"), the finished run is pushed to it.
-repro: install $(PLOTS_PAGE)
+repro: install $(PLOTS_PAGE) $(VIEWER)
 	$(RUN) dvc repro
 	@if $(RUN) dvc remote default >/dev/null 2>&1; then $(RUN) dvc push; \
 	else echo "make: no default DVC remote, nothing pushed (dvc remote add -d NAME URL)"; fi
 
-test: install system
+test: install system viewer
 	$(RUN) ruff check common pipeline models tests benchmarks
 	$(RUN) python -m pytest $(PYTEST_ARGS)
 

@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("pipeline.stages.export", "synthetic set -> DICOM study (SC + SEG), PACS C-STORE"),
     "serve": ("pipeline.stages.serve", "Prefect: the DAG on a cron schedule, exports on request"),
     "plots-template": ("pipeline.stages.plots_template", "offline HTML page for `dvc plots show`"),
+    "view": ("pipeline.stages.view", "OHIF viewer on loopback for a PACS's DICOMweb (exports)"),
 }
 
 

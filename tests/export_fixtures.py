@@ -139,6 +139,44 @@ def dciodvfy(path: Path) -> tuple[str, set[str]]:
     return iods[0], {ln for ln in lines if ln != iods[0]}
 
 
+# Where Debian's orthanc-dicomweb puts its plugin (a link to /usr/lib/orthanc/...).
+DICOMWEB_PLUGINS = ("/usr/share/orthanc/plugins/libOrthancDicomWeb.so",)
+
+
+def dicomweb_config() -> dict:
+    """Orthanc configuration options that load the DICOMweb plugin at ``/dicom-web/``.
+
+    Fails without the plugin, in CI and out: ``.ci/system-deps`` installs it
+    (``orthanc-dicomweb``), and the viewer test has nothing to show without it.
+    """
+    found = [p for p in DICOMWEB_PLUGINS if Path(p).is_file()]
+    if not found:
+        pytest.fail(
+            f"Orthanc's DICOMweb plugin not found at {DICOMWEB_PLUGINS} "
+            "(apt-get install orthanc-dicomweb; .ci/system-deps)"
+        )
+    # "Full" metadata: read from the stored files, so every attribute a viewer needs is there.
+    dicomweb = {
+        "Enable": True,
+        "Root": "/dicom-web/",
+        "StudiesMetadata": "Full",
+        "SeriesMetadata": "Full",
+    }
+    return {"Plugins": found[:1], "DicomWeb": dicomweb}
+
+
+def stop_by_pid(proc: subprocess.Popen | None, timeout: float = 20) -> None:
+    """Stop a child we started, by its PID: TERM, then KILL after ``timeout`` s; wait for it."""
+    if proc is None or proc.poll() is not None:
+        return
+    os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=timeout)
+
+
 def free_port() -> int:
     """A TCP port free on loopback right now."""
     with socket.socket() as s:
@@ -242,11 +280,4 @@ class Orthanc:
     def stop(self) -> None:
         """Stop the process by its PID (TERM, then KILL) and wait for it."""
         proc, self.process = self.process, None
-        if proc is None or proc.poll() is not None:
-            return
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=20)
+        stop_by_pid(proc)

@@ -24,6 +24,7 @@ import yaml
 from dvc_render.html import PAGE_HTML
 from PIL import Image
 
+from common import npm
 from pipeline.augment.segment.results import COLUMNS, results_csv
 from pipeline.report import plots_template
 
@@ -239,6 +240,6 @@ def test_loss_plots_name_the_terms_the_trainer_writes(plot_id, tmp_path, request
 
 
 def test_missing_npm_is_named(tmp_path, monkeypatch):
-    monkeypatch.setattr(plots_template.shutil, "which", lambda name: None)
+    monkeypatch.setattr(npm.shutil, "which", lambda name: None)
     with pytest.raises(plots_template.PlotsTemplateError, match="npm not found"):
         plots_template.npm_ci(tmp_path)

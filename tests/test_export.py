@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 
+import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
@@ -16,7 +17,7 @@ from PIL import Image
 
 from pipeline.cli import main
 from pipeline.cohort.slicing import window_hu
-from pipeline.export.dicom_set import HU_OFFSET, hu_to_stored, unwindow_hu
+from pipeline.export.dicom_set import HU_OFFSET, PANCREAS_RGB, hu_to_stored, unwindow_hu
 from pipeline.export.privacy import select_slices
 from pipeline.io.shards import load_slices
 from pipeline.params.loader import ParamsError, load_section
@@ -240,6 +241,8 @@ def test_segmentations_reference_their_images(toy):
         assert [float(v) for v in measures.PixelSpacing] == [6.25, 6.25]
         assert float(measures.SliceThickness) == float(measures.SpacingBetweenSlices) == 6.25
         assert seg.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeValue == "15776009"
+        lab = seg.SegmentSequence[0].RecommendedDisplayCIELabValue
+        assert hd.color.CIELabColor.from_dicom_value(lab).to_rgb() == PANCREAS_RGB
         frame = seg.pixel_array.reshape(32, 32)
         np.testing.assert_array_equal(frame, toy["mask"][row["draw"], 0])
 

@@ -8,15 +8,19 @@ loopback with its home and database under the test's tmp folder, and stops it by
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import io
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import numpy as np
 import pytest
 import yaml
 
@@ -67,7 +71,8 @@ def scratch_repo(root: Path, stages: dict, flows: dict) -> Path:
 
 
 # Four stages (one a foreach of two): a -> b@x, b@y -> c. Every command appends its name to
-# order.log; c writes a metrics file, a sample grid and the HTML report.
+# order.log; c writes a metrics file, the sample grids and a table the test puts in src/, and
+# the HTML report.
 DAG = {
     "a": {"cmd": "echo a >> order.log && echo 1 > a.txt", "outs": ["a.txt"]},
     "b": {
@@ -79,8 +84,8 @@ DAG = {
         },
     },
     "c": {
-        "cmd": "echo c >> order.log && mkdir -p data/models/m/samples data/report"
-        " && printf png > data/models/m/samples/step-2.png"
+        "cmd": "echo c >> order.log && mkdir -p data/report && cp -r src/models data/models"
+        " && cp src/segment.md data/report/segment.md"
         " && printf '<html></html>' > data/report/index.html"
         ' && printf \'{"loss": 0.25, "eval": {"acc": 0.5}}\' > metrics.json',
         "deps": ["b-x.txt", "b-y.txt"],
@@ -92,8 +97,45 @@ FLOWS = {
     "retries": 1,
     "retry_delay_s": 0,
     "sample_grids": ["data/models/**/samples/*.png"],
+    "grid_kb": 40,
+    "tables": {"Segmentation": "data/report/segment.md", "CT quality": "data/report/quality.md"},
     "report": "data/report/index.html",
 }
+# A row of the segmentation table as `gvae segment` writes it: Dice and its paired differences.
+SEGMENT_ROW = "| real+cgvae | 0.5 | 0.412 [0.380, 0.441] | +0.021 [-0.004, 0.047] |"
+
+
+def write_dag_inputs(repo: Path) -> dict[str, bytes]:
+    """The files stage c of ``DAG`` copies: two grids of model m (a small one at step 2 and a
+    640x480 noise grid, about 900 KB, at step 10), one small grid of model n, and a table.
+    Returns the PNG bytes by their path under data/."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    grids = {
+        "models/m/samples/step-2.png": rng.integers(0, 255, (48, 64), dtype=np.uint8),
+        "models/m/samples/step-10.png": rng.integers(0, 255, (480, 640, 3), dtype=np.uint8),
+        "models/n/samples/step-1.png": np.tile(np.arange(64, dtype=np.uint8), (48, 1)),
+    }
+    written = {}
+    for rel, pixels in grids.items():
+        path = repo / "src" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(path)
+        written[rel] = path.read_bytes()
+    header = "| condition | fraction | Dice [95% CI] | Dice - real [95% CI] |"
+    (repo / "src/segment.md").write_text(
+        f"Test Dice.\n\n{header}\n|---|---|---|---|\n{SEGMENT_ROW}\n"
+    )
+    return written
+
+
+def embedded_pngs(markdown: str) -> dict[str, bytes]:
+    """The PNGs embedded in ``markdown`` as data URIs, by their alt text's path."""
+    found = re.findall(
+        r"!\[(\S+) \(\d+x\d+\)\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", markdown
+    )
+    return {alt: base64.b64decode(data) for alt, data in found}
 
 
 def _client():
@@ -153,9 +195,12 @@ def test_stage_order_comes_from_dvc(tmp_path):
 
 
 def test_dvc_dag_runs_stages_in_order_and_publishes_artifacts(harness, tmp_path):
+    from PIL import Image
+
     from pipeline.flows.dag import dvc_dag
 
     repo = scratch_repo(tmp_path / "repo", DAG, FLOWS)
+    grids = write_dag_inputs(repo)
     state = dvc_dag(root=str(repo), return_state=True)
     assert state.is_completed(), state.message
     result = state.result()
@@ -169,15 +214,32 @@ def test_dvc_dag_runs_stages_in_order_and_publishes_artifacts(harness, tmp_path)
     assert set(lock["stages"]) == {"a", "b@x", "b@y", "c"}
 
     arts = _artifacts(state.state_details.flow_run_id)
-    assert set(arts) == {"metrics-metrics-json", "sample-grids", "html-report"}
+    assert set(arts) == {"metrics-metrics-json", "headline-tables", "sample-grids", "html-report"}
     table = arts["metrics-metrics-json"]
     assert table.type == "table"
     assert json.loads(table.data) == [
         {"metric": "loss", "value": 0.25},
         {"metric": "eval.acc", "value": 0.5},
     ]
-    grid = (repo / "data/models/m/samples/step-2.png").resolve().as_uri()
-    assert arts["sample-grids"].type == "markdown" and grid in arts["sample-grids"].data
+    # The headline tables inline: the segmentation table's rows; the quality table not yet.
+    tables = arts["headline-tables"]
+    assert tables.type == "markdown" and SEGMENT_ROW in tables.data
+    assert "## CT quality\n\nNot produced yet (no `data/report/quality.md`)." in tables.data
+    # Every grid linked; the newest of each folder embedded, shrunk to flows.grid_kb if larger.
+    shown = arts["sample-grids"]
+    assert shown.type == "markdown"
+    for rel in grids:
+        assert (repo / "data" / rel).resolve().as_uri() in shown.data
+    embedded = embedded_pngs(shown.data)
+    big, small = "data/models/m/samples/step-10.png", "data/models/n/samples/step-1.png"
+    assert set(embedded) == {big, small}  # not m's older step-2
+    assert embedded[small] == grids["models/n/samples/step-1.png"]  # fits: the file itself
+    assert len(grids["models/m/samples/step-10.png"]) > 40 * 1024 >= len(embedded[big])
+    with Image.open(io.BytesIO(embedded[big])) as im:
+        assert im.format == "PNG" and im.mode == "RGB"
+        width, height = im.size
+    assert width < 640 and abs(width / height - 640 / 480) < 0.02  # downscaled, same shape
+    assert f"({width}x{height})" in shown.data
     assert arts["html-report"].type == "markdown"  # Prefect stores a link as markdown
     assert (repo / "data/report/index.html").resolve().as_uri() in arts["html-report"].data
 

@@ -1,7 +1,9 @@
-"""Unattended runs of the DVC DAG flow: per-stage timeouts, the failure notice, DVC's lock.
+"""Unattended runs of the flows: per-stage timeouts, the failure notice, DVC's lock, and the
+clinician export's timeouts.
 
 A stage that hangs is stopped after its ``flows`` timeout; a failed run POSTs its notice to a
-loopback HTTP receiver; two repro calls on one repo run one after the other. The flow runs use
+loopback HTTP receiver; two repro calls on one repo run one after the other; a hung PACS
+delivery of the clinician export fails after its timeout. The flow runs use
 ``prefect_test_harness`` (a temporary API on a temporary SQLite database); the scratch DVC
 repos are the ones of ``test_flows``.
 """
@@ -10,16 +12,19 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 
 from pipeline.params.loader import ParamsError, load_section
 
-from .export_fixtures import free_port
+from .ct_fixtures import toy_pairs
+from .export_fixtures import free_port, write_synthetic_set
 from .prefect_fixtures import QUIET
 from .test_flows import scratch_repo
 
@@ -69,11 +74,13 @@ def test_a_stage_past_its_timeout_is_stopped_and_fails_the_run(harness, tmp_path
         "hangs": {"cmd": "echo $$ > hangs.pid && exec sleep 600", "outs": ["hangs.txt"]},
         "after": {"cmd": "echo ran > after.txt", "deps": ["hangs.txt"], "outs": ["after.txt"]},
     }
-    flows = {**FLOWS, "timeout_s": 600, "stage_timeout_s": {"hangs": 1.5}}
+    # Long enough for DVC to start the command on a loaded machine (11.6 s seen at load 10), so
+    # the test sees the command itself stopped, not only a stage that never began.
+    flows = {**FLOWS, "timeout_s": 600, "stage_timeout_s": {"hangs": 20}}
     repo = scratch_repo(tmp_path / "repo", stages, flows)
     state = dvc_dag(root=str(repo), return_state=True)
     assert state.is_failed()
-    said = "DVC stage 'hangs' timed out after 1.5 s (flows.stage_timeout_s.hangs) and was stopped"
+    said = "DVC stage 'hangs' timed out after 20 s (flows.stage_timeout_s.hangs) and was stopped"
     assert said in state.message
     with pytest.raises(StageTimedOut, match="flows.stage_timeout_s.hangs") as caught:
         state.result()
@@ -182,4 +189,61 @@ def test_notify_params_are_validated(tmp_path):
     ]:
         p.write_text(f"flows: {{notify: {bad}}}\n")
         with pytest.raises(ParamsError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            load_section(p, "flows")
+
+
+def test_a_hung_pacs_delivery_fails_after_its_export_timeout(harness, tmp_path, monkeypatch):
+    """A delivery that never returns is stopped after ``flows.export.send_timeout_s`` on every
+    attempt, and the run fails naming the key; the study itself was built."""
+    from pipeline.flows.export import ExportTimedOut, clinician_export
+    from pipeline.stages import export
+
+    image, mask = toy_pairs(4, 32, seed=3)
+    write_synthetic_set(tmp_path / "syn", image, mask, model="vae")
+    flows = {"retries": 1, "retry_delay_s": 0, "export": {"send_timeout_s": 1}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"flows": flows}))
+    real_main, attempts = export.main, []
+
+    def hanging_main(args):
+        if not args.pacs:
+            return real_main(args)  # building the study: the stage's own code
+        attempts.append("started")
+        for _ in range(1200):  # a PACS that accepts the association and never answers
+            time.sleep(0.05)
+        attempts.append("finished")
+        return 0
+
+    monkeypatch.setattr(export, "main", hanging_main)
+    pacs = f"127.0.0.1:{free_port()}"
+    state = clinician_export(
+        model="vae",
+        n=2,
+        synthetic="syn",
+        out="hung",
+        pacs=pacs,
+        allow_near_copies=True,
+        root=str(tmp_path),
+        return_state=True,
+    )
+    assert state.is_failed()
+    said = f"delivery to PACS {pacs} timed out after 1 s (flows.export.send_timeout_s)"
+    assert said in state.message
+    with pytest.raises(ExportTimedOut, match=r"flows\.export\.send_timeout_s"):
+        state.result()
+    assert attempts == ["started", "started"]  # first try + one retry, neither ran to its end
+    assert json.loads((tmp_path / "hung/receipt.json").read_text())["source"]["exported"] == 2
+
+
+def test_export_timeouts_are_validated(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text("flows: {export: {send_timeout_s: 5, build_timeout_s: 60}}\n")
+    limits = load_section(p, "flows").export
+    assert (limits.send_timeout_s, limits.build_timeout_s) == (5, 60)
+    for bad, message in [
+        ("{send_timeout_s: 0}", "flows.export.send_timeout_s"),
+        ("{build_timeout_s: -1}", "flows.export.build_timeout_s"),
+        ("{timeout_s: 5}", "unknown key 'flows.export.timeout_s'"),
+    ]:
+        p.write_text(f"flows: {{export: {bad}}}\n")
+        with pytest.raises(ParamsError, match=message):
             load_section(p, "flows")

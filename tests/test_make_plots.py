@@ -1,4 +1,5 @@
-"""``make repro`` on a fresh clone builds the offline page of ``dvc plots show`` before the DAG.
+"""``make repro`` on a fresh clone builds the offline page of ``dvc plots show`` (and installs
+the OHIF viewer of ``gvae view``) before the DAG.
 
 The clone is the repository's tracked files (what ``git clone`` gives, uncommitted edits
 included), with no ``docs/plots/build``. Its ``.venv`` is a stand-in: a fresh install stamp, the
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.export import viewer
 from pipeline.report import plots_template
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,6 +70,10 @@ def test_make_repro_builds_the_plots_page_first(tmp_path):
     page = clone / plots_template.DEFAULT_OUT
     assert not page.exists()
     (clone / plots_template.NPM_DIR / "node_modules").symlink_to(npm_dir / "node_modules")
+    # The viewer `make repro` also installs: the repository's, so no npm download here.
+    ohif_dir = REPO / viewer.NPM_DIR
+    viewer.install(ohif_dir)
+    (clone / viewer.NPM_DIR / "node_modules").symlink_to(ohif_dir / "node_modules")
     _stand_in_venv(clone)
 
     env = dict(os.environ, PYTHONPATH=str(clone))  # the clone's code, not an editable install's
@@ -76,6 +82,7 @@ def test_make_repro_builds_the_plots_page_first(tmp_path):
     )
     assert proc.returncode == 0, f"make repro failed:\n{proc.stdout}\n{proc.stderr}"
     assert (clone / "dvc_ran").read_text().strip() == "page present: repro"
+    assert "OHIF viewer is not installed" not in proc.stderr, proc.stderr
     html = page.read_text(encoding="utf-8")
     assert html.count(plots_template.PLACEHOLDER) == 1  # what `dvc plots show` requires
 
@@ -83,4 +90,5 @@ def test_make_repro_builds_the_plots_page_first(tmp_path):
     before = page.stat().st_mtime_ns
     again = subprocess.run(["make", "-n", "repro"], cwd=clone, env=env, capture_output=True)
     assert b"plots-template" not in again.stdout, again.stdout.decode()
+    assert b"--install-only" not in again.stdout, again.stdout.decode()
     assert page.stat().st_mtime_ns == before

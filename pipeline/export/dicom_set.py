@@ -44,6 +44,9 @@ BITS_STORED = 12
 IMAGE_SERIES_NUMBER = 1
 # The SEG of image k is series SEG_SERIES_BASE + k: viewers list it after the images.
 SEG_SERIES_BASE = 100
+# The SEG's Recommended Display CIELab Value, given as sRGB: 3D Slicer's colour for the pancreas
+# (GenericAnatomyColors). Without one, viewers pick their own (OHIF says so in a warning).
+PANCREAS_RGB = (249, 180, 111)
 # Every image's plane in its own Frame of Reference: rows run to the patient's left (+x),
 # columns posterior (+y), the usual axial display; the slice centre is the origin.
 ORIENTATION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
@@ -293,6 +296,7 @@ def segmentation_dataset(
         segmented_property_type=codes.SCT.Pancreas,
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=algorithm,
+        display_color=hd.color.CIELabColor.from_rgb(*PANCREAS_RGB),
     )
     seg = hd.seg.Segmentation(
         source_images=[image],

@@ -8,8 +8,8 @@
 - ``repo_lock``: the file lock that runs one ``dvc repro`` of the flows per repo at a time.
 - ``notify``: the flows' ``on_failure`` hook, a JSON notice to the webhook of params
   ``flows.notify``.
-- ``deploy``: the scheduled nightly deployment and the on-request export deployment
-  (``gvae serve``).
+- ``deploy``: the scheduled nightly deployment and the on-request export deployment, run by
+  ``gvae serve`` or, from the generated ``prefect.yaml``, by a Prefect worker on a work pool.
 """
 
 from __future__ import annotations

@@ -228,7 +228,8 @@ def dvc_dag(root: str = ".", params: str = "params.yaml", targets: list[str] | N
     """Reproduce the DVC DAG of ``root`` stage by stage, then publish its results as artifacts.
 
     ``params`` (relative to ``root`` unless absolute) supplies the ``flows`` section: retries,
-    retry delay and timeout of every stage, the sample-grid globs and the report path.
+    retry delay and timeout of every stage, the headline tables, the sample-grid globs and
+    sizes, and the report path.
     ``targets`` limits the run to those stages and their upstream (``None``: everything).
     Stages run one at a time, dependencies first: DVC locks the repo for each ``repro``, and
     waits for a lock held by another DVC command. A stage past its timeout
@@ -249,7 +250,7 @@ def dvc_dag(root: str = ".", params: str = "params.yaml", targets: list[str] | N
     for stage in stages:
         # Raises: stop at the first failure, as `dvc repro` does.
         run(str(base), stage, *stage_timeout(settings, stage))
-    keys = publish_artifacts(base, settings.sample_grids, settings.report)
+    keys = publish_artifacts(base, settings)
     remote = default_remote(base) if settings.push == "auto" else None
     if remote is not None:
         push_outputs(str(base), remote)

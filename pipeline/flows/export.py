@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -22,6 +24,11 @@ from pipeline.flows.notify import notify_failure
 from pipeline.params.loader import DEFAULT_PARAMS, load_section
 
 EXPORT_KEY = "clinician-export"
+
+
+class ExportTimedOut(TimeoutError):
+    """A task of the export ran past its ``flows.export`` timeout on every attempt; the
+    message names the params key."""
 
 
 def stage_args(argv: list[str]) -> argparse.Namespace:
@@ -110,6 +117,17 @@ def _receipt(out: str) -> dict:
     return read_receipt(Path(out))
 
 
+@contextmanager
+def _timeout_named(what: str, seconds: float, key: str) -> Iterator[None]:
+    """Turn Prefect's task timeout into ``ExportTimedOut`` naming ``what`` and the params key."""
+    try:
+        yield
+    except TimeoutError as exc:
+        raise ExportTimedOut(
+            f"{what} timed out after {seconds:g} s (flows.export.{key}): {exc}"
+        ) from None
+
+
 def request_markdown(receipt: dict, out: Path) -> str:
     """Markdown of one export: study and patient IDs, counts, gate, where it is stored."""
     from pipeline.export.receipt import delivered
@@ -165,7 +183,10 @@ def clinician_export(
     written to a folder too (``out``, default ``flows.export.out``: a new folder per request),
     which holds the receipt a retry resends from. ``synthetic`` and ``slices`` default to
     ``flows.export`` in ``params``; relative paths are relative to ``root``. A failed delivery
-    is retried ``flows.retries`` times, each sending only what the PACS still lacks. Returns
+    is retried ``flows.retries`` times, each sending only what the PACS still lacks. Each
+    attempt of building the study and of a delivery is stopped after
+    ``flows.export.build_timeout_s`` / ``send_timeout_s`` (a hung PACS association fails the
+    attempt; ``ExportTimedOut`` names the key when the last one times out). Returns
     ``{"out", "study_instance_uid", "patient_id", "instances", "pacs_missing"}``
     (``pacs_missing`` is ``None`` when nothing was sent).
     """
@@ -179,21 +200,27 @@ def clinician_export(
     if slices is None and not real.exists():
         real = None  # the stage then uses the slices folder recorded in the generator's run
     get_run_logger().info("exporting %d slices of %s from %s to %s", n, model, source, out_dir)
-    receipt = build(
-        str(params_path),
-        str(source),
-        str(out_dir),
-        n,
-        real and str(real),
-        allow_near_copies,
-        allow_implausible,
-    )
+    limits = settings.export
+    make = build.with_options(timeout_seconds=limits.build_timeout_s)
+    with _timeout_named("building the study", limits.build_timeout_s, "build_timeout_s"):
+        receipt = make(
+            str(params_path),
+            str(source),
+            str(out_dir),
+            n,
+            real and str(real),
+            allow_near_copies,
+            allow_implausible,
+        )
     missing = None
     if pacs:
         deliver = send.with_options(
-            retries=settings.retries, retry_delay_seconds=settings.retry_delay_s
+            retries=settings.retries,
+            retry_delay_seconds=settings.retry_delay_s,
+            timeout_seconds=limits.send_timeout_s,
         )
-        receipt = deliver(str(params_path), str(out_dir), pacs, called_aet, calling_aet)
+        with _timeout_named(f"delivery to PACS {pacs}", limits.send_timeout_s, "send_timeout_s"):
+            receipt = deliver(str(params_path), str(out_dir), pacs, called_aet, calling_aet)
         missing = receipt["deliveries"][-1]["missing_after"]
     create_markdown_artifact(
         request_markdown(receipt, out_dir),

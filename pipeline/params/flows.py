@@ -37,6 +37,11 @@ class ClinicianExportParams(Frozen):
     synthetic: str = "data/ct/synthetic/{model}/f1.0"  # the `generate` output, all patients
     slices: str = "data/slices"  # the real slices the generators were trained on (privacy gate)
     out: str = "export/{model}-{time}"
+    # Wall-clock limit of one attempt of each task: building the study (gates included), and
+    # one PACS delivery. A hung association then fails the attempt (and is retried) instead of
+    # holding the request forever.
+    build_timeout_s: float = Field(3600.0, gt=0)
+    send_timeout_s: float = Field(600.0, gt=0)
 
     @field_validator("deployment")
     @classmethod
@@ -117,14 +122,16 @@ class FlowsParams(Frozen):
     retries: int = Field(1, ge=0)
     retry_delay_s: float = Field(30.0, ge=0)
     deployment: str = "nightly"  # the scheduled dvc_dag deployment
+    # The Prefect process work pool of prefect.yaml's deployments (`prefect worker start`).
+    work_pool: str = "gvae"
     # Wall-clock limit of one attempt of one DVC stage (its wait for DVC's lock included): a
     # hung stage is stopped and failed instead of stalling the nightly. `stage_timeout_s`
     # overrides it per stage, keyed by stage name (`train` covers every `train@...` item) or
     # by one item (`train@mnist-vae`, which wins over its group).
     timeout_s: float = Field(43200.0, gt=0)
     stage_timeout_s: dict[str, Annotated[float, Field(gt=0)]] = {}
-    # Globs (relative to the repo root) of the sample grids linked in the run's artifacts, and
-    # the HTML report linked when it exists.
+    # Globs (relative to the repo root) of the sample grids in the run's artifacts, and the
+    # HTML report linked when it exists.
     sample_grids: tuple[str, ...] = (
         "data/models/**/samples/*.png",
         "data/ct/quality/*/grid.png",
@@ -133,6 +140,16 @@ class FlowsParams(Frozen):
     # After a successful DAG run: `auto` runs `dvc push` when the repo has a default DVC remote
     # (`dvc remote add -d`), so a finished run can be pulled instead of recomputed; `never` not.
     push: Literal["auto", "never"] = "auto"
+    # The newest grid of each folder is embedded in the artifact, downscaled to at most
+    # `grid_kb`, until `grids_total_kb` are used (0: links only); the others are links.
+    grid_kb: float = Field(200.0, gt=0)
+    grids_total_kb: float = Field(2000.0, ge=0)
+    # Markdown tables shown inline in the run's `headline-tables` artifact, {title: path
+    # relative to the repo root}; one not produced yet is named as such.
+    tables: dict[str, str] = {
+        "Segmentation: test Dice and paired differences": "data/ct/segment/table.md",
+        "CT synthesis: quality": "data/ct/quality_report/table.md",
+    }
     export: ClinicianExportParams = ClinicianExportParams()
     notify: NotifyParams = NotifyParams()  # the failure notice of every flow
     dask: DaskParams = DaskParams()  # the cohort_dask flow: ingest + slicing mapped over cases
@@ -153,7 +170,7 @@ class FlowsParams(Frozen):
             raise ValueError(f"not an IANA timezone (e.g. UTC, Europe/Berlin), got {v!r}") from None
         return v
 
-    @field_validator("deployment")
+    @field_validator("deployment", "work_pool")
     @classmethod
     def _name(cls, v: str) -> str:
         return _deployment_name(v)

@@ -18,13 +18,10 @@ pipeline.report.plots_template``.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+from common import npm
 from common.atomic import atomic_path
 
 NPM_DIR = Path("docs/plots")
@@ -65,84 +62,42 @@ class PlotsTemplateError(RuntimeError):
     """The template cannot be built; the message names the file or tool and the problem."""
 
 
+@contextlib.contextmanager
+def _as_template_error() -> Iterator[None]:
+    try:
+        yield
+    except npm.NpmError as exc:
+        raise PlotsTemplateError(str(exc)) from None
+
+
 def pinned_versions(npm_dir: Path) -> dict[str, str]:
     """Return ``{package: version}`` of ``LIBRARIES`` as pinned in ``npm_dir/package.json``.
 
     Raises ``PlotsTemplateError`` when the manifest is missing, or a library is absent or not
     pinned to one exact version (a range would let ``npm install`` drift from the lock file).
     """
-    manifest = npm_dir / "package.json"
-    try:
-        deps = json.loads(manifest.read_text(encoding="utf-8")).get("dependencies") or {}
-    except (OSError, json.JSONDecodeError) as exc:
-        raise PlotsTemplateError(f"{manifest}: cannot read the npm manifest ({exc})") from exc
-    versions = {}
-    for name in LIBRARIES:
-        version = deps.get(name)
-        if not version or not version[0].isdigit():
-            raise PlotsTemplateError(
-                f"{manifest}: dependency {name!r} must be pinned to an exact version, "
-                f"got {version!r}"
-            )
-        versions[name] = version
-    return versions
+    with _as_template_error():
+        return npm.pinned_versions(npm_dir, LIBRARIES)
 
 
-def installed_version(npm_dir: Path, name: str) -> str | None:
-    """Return the version of ``name`` installed under ``npm_dir/node_modules``, or ``None``."""
-    try:
-        meta = json.loads((npm_dir / "node_modules" / name / "package.json").read_text("utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-    return meta.get("version")
+installed_version = npm.installed_version
 
 
 def npm_ci(npm_dir: Path) -> None:
-    """Install the locked packages into ``npm_dir/node_modules`` with ``npm ci``.
-
-    ``--ignore-scripts``: the libraries ship prebuilt files, so no install script needs to run.
-    Raises ``PlotsTemplateError`` when npm is missing or fails (its output in the message).
-    """
-    npm = shutil.which("npm")
-    if npm is None:
-        raise PlotsTemplateError(
-            f"npm not found: install Node.js (npm) to build the plots template from {npm_dir}"
-        )
-    if not (npm_dir / "package-lock.json").is_file():
-        raise PlotsTemplateError(f"{npm_dir / 'package-lock.json'}: missing (npm ci needs it)")
-    cmd = [npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"]
-    proc = subprocess.run(cmd, cwd=npm_dir, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise PlotsTemplateError(
-            f"`npm ci` in {npm_dir} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}"
-        )
+    """``npm ci`` in ``npm_dir`` (:func:`common.npm.npm_ci`); errors as ``PlotsTemplateError``."""
+    with _as_template_error():
+        npm.npm_ci(npm_dir)
 
 
-@contextlib.contextmanager
-def _locked(npm_dir: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``npm_dir``: ``npm ci`` first deletes ``node_modules``, so two
-    builds at once (parallel test workers) would each see the other's half-installed tree."""
-    with open(npm_dir / LOCK, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def _locked(npm_dir: Path) -> contextlib.AbstractContextManager[None]:
+    """Hold the build lock of ``npm_dir`` (two builds at once would share one ``npm ci``)."""
+    return npm.locked(npm_dir, LOCK)
 
 
 def ensure_installed(npm_dir: Path) -> dict[str, str]:
     """Run ``npm ci`` unless the pinned versions are installed; return ``pinned_versions``."""
-    pinned = pinned_versions(npm_dir)
-    if any(installed_version(npm_dir, name) != v for name, v in pinned.items()):
-        npm_ci(npm_dir)
-    for name, version in pinned.items():
-        found = installed_version(npm_dir, name)
-        if found != version:
-            raise PlotsTemplateError(
-                f"{npm_dir / 'node_modules' / name}: version {found} installed, {version} pinned "
-                f"(package-lock.json out of step with package.json? run `npm install` there)"
-            )
-    return pinned
+    with _as_template_error():
+        return npm.ensure_installed(npm_dir, LIBRARIES)
 
 
 def inline_script(source: str, name: str) -> str:

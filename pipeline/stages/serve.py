@@ -5,6 +5,9 @@ with ``prefect server start``) and executes their flow runs in this process unti
 ``dvc-dag/<flows.deployment>`` on ``flows.cron`` in ``flows.timezone``, and
 ``clinician-export/<flows.export.deployment>``, run with ``prefect deployment run``.
 ``--register-only`` registers them and returns (runs then wait for a ``gvae serve``).
+``--prefect-yaml FILE`` writes the same deployments as a prefect.yaml for ``prefect deploy``
+on a process work pool (``flows.work_pool``) and returns: Prefect as a service, run by
+``prefect worker start``. It needs no API.
 With ``--root DIR``, a relative ``--params`` (the default ``params.yaml`` too) is DIR's.
 """
 
@@ -32,6 +35,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="register (update) the deployments and return instead of serving them",
     )
+    parser.add_argument(
+        "--prefect-yaml",
+        type=Path,
+        metavar="FILE",
+        help="write the deployments as a prefect.yaml (work pool flows.work_pool) for "
+        "`prefect deploy --all` and a `prefect worker`, and return",
+    )
 
 
 def params_path(root: Path, params: str | Path) -> Path:
@@ -47,6 +57,12 @@ def main(args: argparse.Namespace) -> int:
     settings = load_section(params, "flows")  # a bad cron fails before Prefect starts
     if not (args.root / "dvc.yaml").is_file():
         raise StageError(f"{args.root}: no dvc.yaml; --root must be the repository root")
+    from pipeline.flows import deploy
+
+    if args.prefect_yaml:
+        deploy.write_prefect_yaml(args.prefect_yaml, args.root, params)
+        print(f"gvae serve: wrote {args.prefect_yaml} (work pool {settings.work_pool})")
+        return 0
     from prefect.settings import PREFECT_API_URL
 
     if not PREFECT_API_URL.value():
@@ -56,8 +72,6 @@ def main(args: argparse.Namespace) -> int:
             "PREFECT_API_URL is not set: start a server (`prefect server start`) and "
             "`prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api`"
         )
-    from pipeline.flows import deploy
-
     if args.register_only:
         for name, ident in deploy.register(args.root, params).items():
             print(f"gvae serve: registered {name} ({ident})")
