@@ -93,15 +93,24 @@ class PrefectServer:
     def stop(self) -> None:
         """Stop the server's process group (TERM, then KILL) and wait for the process."""
         proc, self.process = self.process, None
-        if proc is None:
-            return
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:  # the group, even if its leader is gone: uvicorn runs as its child
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(timeout=30)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        stop_group(proc)
+
+
+def stop_group(proc: subprocess.Popen | None, timeout: float = 30) -> None:
+    """Stop a child started with ``start_new_session``: its process group, TERM then KILL.
+
+    The group, even if its leader is gone: the server's uvicorn and a worker's flow-run
+    processes run as children of the process we started.
+    """
+    if proc is None:
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=timeout)
+            break
+        except subprocess.TimeoutExpired:
+            continue

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -27,7 +26,7 @@ from pipeline.flows.deploy import ROOT_ENV
 from pipeline.params.loader import load_section
 
 from .export_fixtures import free_port
-from .prefect_fixtures import QUIET, PrefectServer
+from .prefect_fixtures import QUIET, PrefectServer, stop_group
 from .test_flows import scratch_repo
 
 REPO = Path(__file__).resolve().parents[1]
@@ -220,12 +219,7 @@ def test_two_triggers_of_the_dag_deployment_run_one_after_the_other(deployed, tm
     try:
         runs = wait_final(api, [first, second])
     finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        try:
-            worker.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait()
+        stop_group(worker)
     said = log.read_text()
     assert all(r.state.is_completed() for r in runs), f"{[r.state for r in runs]}\n{said}"
     with _client(api) as client:
