@@ -1,6 +1,6 @@
 # Two commands set up a fresh machine (Python >= 3.10):
 #   make repro   install into .venv, build the offline `dvc plots show` page, then `dvc repro`
-#                on the embedded default
+#                on the embedded default, then `dvc push` when a default DVC remote is set
 #   make test    install into .venv (+ the Debian tools the tests use, + the OHIF viewer), then
 #                lint and run the tests
 # Both are idempotent: a second run reinstalls nothing unless pyproject.toml changed.
@@ -70,8 +70,11 @@ $(VIEWER): $(STAMP) docs/ohif/package.json docs/ohif/package-lock.json
 	@$(RUN) $(VIEW_INSTALL) && touch "$@" || echo "make: warning: the OHIF viewer is not \
 	installed (see above), so \`gvae view\` will fail until \`make viewer\` succeeds" >&2
 
+# With a default DVC remote (README: "Sharing runs"), the finished run is pushed to it.
 repro: install $(PLOTS_PAGE) $(VIEWER)
 	$(RUN) dvc repro
+	@if $(RUN) dvc remote default >/dev/null 2>&1; then $(RUN) dvc push; \
+	else echo "make: no default DVC remote, nothing pushed (dvc remote add -d NAME URL)"; fi
 
 test: install system viewer
 	$(RUN) ruff check common pipeline models tests benchmarks

@@ -12,8 +12,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def scratch_repo(tmp_path: Path, params: dict) -> Path:
-    """Copy the code (common/, pipeline/, models/) and dvc.yaml into ``tmp_path/repo`` with
-    ``params``; return it.
+    """Copy the code (common/, pipeline/, models/), dvc.yaml and .gitignore (git carries the
+    headline metrics files, DVC the rest) into ``tmp_path/repo`` with ``params``; return it.
 
     Fails (never skips) when ``gvae`` or ``dvc`` is not installed: the DAG calls both.
     """
@@ -24,6 +24,7 @@ def scratch_repo(tmp_path: Path, params: dict) -> Path:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for name in ("common", "pipeline", "models"):
         shutil.copytree(REPO / name, work / name, ignore=ignore)
-    shutil.copy(REPO / "dvc.yaml", work / "dvc.yaml")
+    for name in ("dvc.yaml", ".gitignore"):
+        shutil.copy(REPO / name, work / name)
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return work

@@ -265,6 +265,8 @@ def test_stages_end_to_end(folders, tmp_path, monkeypatch, capsys):
     assert all(v is None or isinstance(v, float) for v in on_disk.values())
     assert on_disk["share_empty"] == pytest.approx(1 / 30)
     assert on_disk["real_hu_mean"] == pytest.approx(80.0, abs=2.0)
+    headline = json.loads((evals / "toy/headline.json").read_text())  # dvc exp show's columns
+    assert headline == {k: on_disk[k] for k in ("fid", "mmd_x1e4")}
     mem = json.loads((evals / "toy/memorization.json").read_text())
     assert [s["near_copy"] for s in mem["samples"][:3]] == [True] * 3
     assert [s["nn_train_slice"] for s in mem["samples"][:3]] == [5, 6, 7]

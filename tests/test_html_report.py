@@ -251,3 +251,23 @@ def test_report_renders_in_headless_chromium(tmp_path, monkeypatch):
         assert grey.size == (1200, 2400)
         assert stat.stddev[0] > 15, stat.stddev  # text, tables and noise images, not one colour
         assert len(grey.getcolors(256) or []) > 50
+
+
+def test_what_dvc_repro_rewrites_does_not_make_the_tree_dirty(tmp_path, monkeypatch):
+    from pipeline.report.provenance import git_state
+
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
+    repo = tmp_path / "repo"
+    (repo / "data/ct/segment").mkdir(parents=True)
+    for name in ("params.yaml", "dvc.lock", "data/ct/segment/headline.json"):
+        (repo / name).write_text("{}\n")
+    user = ["-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    for cmd in (["init", "-q"], ["add", "-A"], [*user, "commit", "-qm", "run"]):
+        subprocess.run(["git", "-C", str(repo), *cmd], check=True)
+    # A rerun in a clean clone: DVC rewrites the lock and the stages their headline metrics.
+    (repo / "dvc.lock").write_text("{stages: {}}\n")
+    (repo / "data/ct/segment/headline.json").write_text('{"f1.0": {}}\n')
+    state = git_state(repo)
+    assert state["dirty"] is False and state["n_changes"] == 2, state
+    (repo / "params.yaml").write_text("{a: 1}\n")
+    assert git_state(repo)["dirty"] is True

@@ -20,7 +20,7 @@ from pipeline.augment.segment.plots import (
     render_forest,
 )
 from pipeline.augment.segment.reading import answer, condition_kind, rows_from_metrics
-from pipeline.augment.segment.results import COLUMNS, metrics_json
+from pipeline.augment.segment.results import COLUMNS, headline_json, metrics_json
 from pipeline.cli import main as gvae
 
 from .report_fixtures import cli_args, make_run_tree
@@ -166,6 +166,18 @@ def test_answer_when_no_synthetic_condition_beat_classical():
     assert "best syn:gvae, -0.300 [-0.400, -0.200] (CI below 0)" in text[six:]
     assert "No mixing control ran at this size." in text[six:]
     assert "real+classical did not run" in answer([row("real+syn:gvae", 1.0, 0.5, 0.4, 0.6)])
+
+
+def test_headline_is_each_conditions_difference_to_real_plus_classical():
+    rows = grid_rows()
+    headline = headline_json(rows)
+    assert set(headline) == {f"f{float(r['fraction'])}" for r in rows}
+    for r in rows:
+        at = headline[f"f{float(r['fraction'])}"]
+        if r["condition"] == "real+classical":
+            assert at["real+classical"] == pytest.approx(r["dice"])
+        else:
+            assert at[f"{r['condition']} - real+classical"] == pytest.approx(r["diff_vs_classical"])
 
 
 def test_answer_reads_the_same_from_metrics_json():

@@ -135,3 +135,13 @@ def test_tile_overlays_mask_for_two_channels():
     assert out.shape == (4, 4, 3)
     assert out[1, 1, 0] > out[1, 1, 1]  # red inside the mask
     assert out[0, 0].tolist() == [0, 0, 0]
+
+
+def test_evaluate_headline_holds_the_ranked_metrics_with_nan_as_null():
+    """`dvc exp show` prints the headline file by default: it must carry what the tables rank."""
+    from pipeline.sanity.tables import RANKED
+    from pipeline.stages.evaluate import HEADLINE_METRICS, headline
+
+    assert {ours for ours, _, _ in RANKED} <= set(HEADLINE_METRICS)
+    result = {"mmd_x1e4": 1.5, "ms_ssim": float("nan"), "fid": 3.0, "kl": 9.0}
+    assert headline(result) == {"mmd_x1e4": 1.5, "ms_ssim": None, "fid": 3.0}

@@ -96,6 +96,8 @@ def test_stage_writes_table_points_and_metrics(tmp_path, capsys):
     assert code == 0 and "predicted by: mask faithfulness" in capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["faithfulness"]["rho"] > 0.95 and metrics["recall"]["rho"] is None
+    headline = json.loads((out / "headline.json").read_text())  # dvc exp show's columns
+    assert headline == {f"rho_{k}": v["rho"] for k, v in metrics.items()}
     assert len(list(csv.DictReader((out / "points.csv").open()))) == 8
     assert (
         "| mask faithfulness (real-trained UNet Dice) | 8 | +0.98 |"

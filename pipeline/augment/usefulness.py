@@ -159,7 +159,8 @@ def _finite(v: float) -> bool:
 
 def run(quality_dir, segment_dir, out_dir, alpha: float = 0.05) -> list[dict]:
     """Read the inputs, correlate, and write ``table.md`` (with the reading), ``table.csv``,
-    ``points.csv`` and ``metrics.json`` into ``out_dir`` (one folder, replaced atomically)."""
+    ``points.csv``, ``metrics.json`` and ``headline.json`` (each metric's rho alone) into
+    ``out_dir`` (one folder, replaced atomically)."""
     from common.atomic import atomic_dir, write_json
 
     results, quality, faith = read_inputs(Path(quality_dir), Path(segment_dir))
@@ -171,6 +172,8 @@ def run(quality_dir, segment_dir, out_dir, alpha: float = 0.05) -> list[dict]:
         (tmp / "points.csv").write_text(points_csv(pts))
         write_json(tmp / "metrics.json", {r["metric"]: {"rho": _num(r["rho"]), "p": _num(r["p"]),
                                                          "n": r["n"]} for r in rows})  # fmt: skip
+        # The default `dvc exp show` columns: one rho per quality metric (git-tracked).
+        write_json(tmp / "headline.json", {f"rho_{r['metric']}": _num(r["rho"]) for r in rows})
     return rows
 
 

@@ -5,6 +5,8 @@ what: the stage graph comes from DVC's own index (``Repo.index.graph``, foreach/
 expanded to ``train@mnist-vae``), and each task runs ``dvc repro --single-item <stage>``, which
 skips a stage whose dependencies, params and outputs are unchanged. Prefect adds what DVC lacks
 for an unattended run: a schedule, retries, per-stage logs and a run history with artifacts.
+After a successful run the outputs go to the repo's default DVC remote, when it has one
+(``flows.push``), as ``make repro`` does.
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ class StageFailed(RuntimeError):
 
     def __reduce__(self):  # pickled with its stage (Prefect may persist a task's exception)
         return type(self), (str(self), self.stage)
+
+
+class PushFailed(RuntimeError):
+    """``dvc push`` to the default remote exited non-zero; the message quotes dvc's last lines."""
 
 
 class StageTimedOut(StageFailed):
@@ -170,6 +176,44 @@ def _stop(proc: subprocess.Popen, stopped: threading.Event) -> None:
             continue
 
 
+def default_remote(root: str | Path) -> str | None:
+    """The name of the default DVC remote of ``root`` (``dvc remote add -d``), ``None`` if unset."""
+    proc = subprocess.run(
+        [*DVC, "remote", "default"], cwd=root, capture_output=True, text=True, timeout=120
+    )
+    name = proc.stdout.strip()
+    return name if proc.returncode == 0 and name else None
+
+
+def push(root: str | Path, log=print) -> None:
+    """``dvc push`` in ``root`` (every output ``dvc.lock`` records, to the default remote), each
+    output line to ``log``. Raises ``PushFailed`` quoting dvc's last lines when it fails."""
+    proc = subprocess.run(
+        [*DVC, "--wait-for-lock", "push"],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=None,  # uploads of a whole run can take long; the stages had their timeouts
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    for line in lines:
+        log(line)
+    if proc.returncode:
+        raise PushFailed(
+            f"dvc push in {root} failed (exit code {proc.returncode}):\n"
+            + "\n".join(lines[-TAIL_LINES:])
+        )
+
+
+@task(task_run_name="dvc-push-{remote}", cache_policy=NO_CACHE)
+def push_outputs(root: str, remote: str) -> str:
+    """:func:`push` with dvc's output in the task's log; return ``remote``."""
+    logger = get_run_logger()
+    push(root, log=lambda line: logger.info("%s", line))
+    return remote
+
+
 @task(task_run_name="{stage}", cache_policy=NO_CACHE)  # DVC, not Prefect, decides what is stale
 def repro_stage(root: str, stage: str, timeout_s: float, setting: str) -> str:
     """``repro`` of ``stage`` in ``root`` with dvc's output in the task's log; return ``stage``."""
@@ -191,8 +235,10 @@ def dvc_dag(root: str = ".", params: str = "params.yaml", targets: list[str] | N
     waits for a lock held by another DVC command. A stage past its timeout
     (``flows.timeout_s``, ``flows.stage_timeout_s``) is stopped and fails like a failing stage
     (then retried: each attempt has the full timeout). The first stage that still fails after
-    its retries fails the flow with its name. Returns ``{"stages": [...], "artifacts": [...]}``:
-    the stages run, in order, and the artifact keys published.
+    its retries fails the flow with its name. Then, with ``flows.push: auto`` and a default
+    DVC remote, ``dvc push`` uploads the outputs (a failed push fails the flow). Returns
+    ``{"stages": [...], "artifacts": [...], "pushed": remote or None}``: the stages run, in
+    order, the artifact keys published and the remote pushed to.
     """
     base = Path(root).resolve()
     settings = load_section(base / params, "flows")
@@ -205,4 +251,7 @@ def dvc_dag(root: str = ".", params: str = "params.yaml", targets: list[str] | N
         # Raises: stop at the first failure, as `dvc repro` does.
         run(str(base), stage, *stage_timeout(settings, stage))
     keys = publish_artifacts(base, settings)
-    return {"stages": stages, "artifacts": keys}
+    remote = default_remote(base) if settings.push == "auto" else None
+    if remote is not None:
+        push_outputs(str(base), remote)
+    return {"stages": stages, "artifacts": keys, "pushed": remote}

@@ -9,7 +9,7 @@ database, so a typo fails at load time instead of silently scheduling nothing.
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator
@@ -137,6 +137,9 @@ class FlowsParams(Frozen):
         "data/ct/quality/*/grid.png",
     )
     report: str = "data/report/index.html"
+    # After a successful DAG run: `auto` runs `dvc push` when the repo has a default DVC remote
+    # (`dvc remote add -d`), so a finished run can be pulled instead of recomputed; `never` not.
+    push: Literal["auto", "never"] = "auto"
     # The newest grid of each folder is embedded in the artifact, downscaled to at most
     # `grid_kb`, until `grids_total_kb` are used (0: links only); the others are links.
     grid_kb: float = Field(200.0, gt=0)

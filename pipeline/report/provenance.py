@@ -17,6 +17,10 @@ import yaml
 
 # Changed paths listed in the report; the count says how many there were in all.
 MAX_CHANGES = 30
+# What `dvc repro` itself rewrites while it runs (dvc.lock as each stage ends, the git-tracked
+# headline metrics under data/): listed among the changes, but they do not make the code or
+# settings the report describes "dirty" (else every report built by a rerun would say so).
+RUN_RECORDS = ("dvc.lock", "data/")
 
 
 def _git(repo: Path, *args: str) -> subprocess.CompletedProcess:
@@ -30,8 +34,9 @@ def git_state(repo: Path) -> dict[str, Any]:
 
     ``commit`` is the full HEAD hash (``None`` without one); ``dirty`` is whether
     ``git status --porcelain`` lists anything (untracked files included: a new source file
-    changes what ran); ``changes`` are its first ``MAX_CHANGES`` lines. Inside ``dvc repro``
-    the tree usually shows ``dvc.lock`` as modified, because DVC records each stage as it ends.
+    changes what ran) besides the run's own records (``RUN_RECORDS``: inside ``dvc repro``
+    DVC rewrites ``dvc.lock`` as each stage ends, and the stages their headline metrics);
+    ``changes`` are its first ``MAX_CHANGES`` lines, records included.
     """
     state: dict[str, Any] = {"commit": None, "dirty": None, "changes": [], "n_changes": 0}
     try:
@@ -45,11 +50,18 @@ def git_state(repo: Path) -> dict[str, Any]:
     commit = (head.stdout.strip() or None) if head.returncode == 0 else None
     return {
         "commit": commit,
-        "dirty": bool(changes),
+        "dirty": any(not _run_record(line) for line in changes),
         "changes": changes[:MAX_CHANGES],
         "n_changes": len(changes),
         "note": "" if commit else "no commit yet",
     }
+
+
+def _run_record(porcelain_line: str) -> bool:
+    """Whether a ``git status --porcelain`` line (``XY path`` or ``XY old -> new``) names
+    one of ``RUN_RECORDS``."""
+    path = porcelain_line[3:].rpartition(" -> ")[2].strip('"')
+    return any(path == r or (r.endswith("/") and path.startswith(r)) for r in RUN_RECORDS)
 
 
 def file_sha256(path: Path) -> str | None:

@@ -6,10 +6,16 @@ The work and its documentation: :mod:`pipeline.sanity.evaluate`.
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
+from common.atomic import write_json
 from pipeline.sanity.datasets import DATASETS
 from pipeline.sanity.evaluate import run
+
+# The numbers of a run that `dvc exp show` and `dvc metrics diff` print by default (the tables
+# rank models by MMD and MS-SSIM; git-tracked): every metric stays in --out.
+HEADLINE_METRICS = ("mmd_x1e4", "ms_ssim", "fid")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,6 +27,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", type=Path, help="training run folder (for encoder metrics)")
     parser.add_argument("--reference", action="store_true", help="evaluate real train images")
     parser.add_argument("--out", required=True, type=Path, help="metrics.json path")
+    parser.add_argument(
+        "--headline", type=Path, default=None, help=f"also write {HEADLINE_METRICS} to this JSON"
+    )
+
+
+def headline(result: dict) -> dict:
+    """``HEADLINE_METRICS`` of ``result``; NaN -> null (``dvc metrics`` rejects NaN)."""
+    values = {k: result.get(k) for k in HEADLINE_METRICS}
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in values.items()}
 
 
 def main(args: argparse.Namespace) -> int:
@@ -35,6 +50,8 @@ def main(args: argparse.Namespace) -> int:
         run_dir=args.run,
         reference=args.reference,
     )
+    if args.headline is not None:
+        write_json(args.headline, headline(result))
     print(
         f"{result['model']} on {result['dataset']}: MMD {result['mmd']:.4g}, "
         f"FID {result['fid']:.3g}, class entropy {result['class_entropy']:.3f}"

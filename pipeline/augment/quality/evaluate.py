@@ -18,8 +18,9 @@ It also measures every fraction set's FID, MMD, precision/recall and MS-SSIM aga
 real test slices (``by_fraction.json``): the usefulness correlation sets each against the Dice
 difference that fraction's set produced.
 
-Writes into ``--out`` (one folder, replaced atomically): ``metrics.json`` (flat numbers, for
-``dvc metrics show``; ``near_copy_share_f<fraction>`` per fraction set), ``memorization.json``
+Writes into ``--out`` (one folder, replaced atomically): ``metrics.json`` (flat numbers;
+``near_copy_share_f<fraction>`` per fraction set), ``headline.json`` (FID and MMD only: what
+``dvc exp show`` and ``dvc metrics diff`` print by default), ``memorization.json``
 (threshold, quantile, per-sample distance and flag; per fraction set its share and flagged
 slices), ``by_fraction.json`` with ``--fractions`` and ``grid.png`` (real test slices on the
 left, the compared set on the right, pancreas masks as red contours).
@@ -45,6 +46,10 @@ METRICS_NAME = "metrics.json"
 MEMORIZATION_NAME = "memorization.json"
 GRID_NAME = "grid.png"
 BY_FRACTION_NAME = "by_fraction.json"
+# The few numbers `dvc exp show` and `dvc metrics diff` print by default (tracked in git);
+# everything else stays in METRICS_NAME (a cached output, shown with `--targets`).
+HEADLINE_NAME = "headline.json"
+HEADLINE_METRICS = ("fid", "mmd_x1e4")
 
 
 def _subset(n: int, cap: int, seed: int) -> np.ndarray:
@@ -344,6 +349,7 @@ def run(
         write_contact_sheet(tmp / GRID_NAME, panels, ncols=4)
         write_json(tmp / MEMORIZATION_NAME, record)
         write_json(tmp / METRICS_NAME, _json_safe(metrics))
+        write_json(tmp / HEADLINE_NAME, _json_safe({k: metrics[k] for k in HEADLINE_METRICS}))
         if quality:
             write_json(tmp / BY_FRACTION_NAME, quality)
     return metrics

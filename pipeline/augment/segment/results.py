@@ -153,6 +153,22 @@ def metrics_json(rows: list[dict]) -> dict:
     return out
 
 
+def headline_json(rows: list[dict]) -> dict:
+    """The headline of the experiment, for the default ``dvc exp show`` / ``dvc metrics diff``:
+    ``{"f1.0": {"real+classical": dice, "<condition> - real+classical": paired difference}}``.
+
+    Only the mean Dice of the classical baseline and every other condition's paired Dice
+    difference to it per fraction (CIs and the rest: ``metrics.json``)."""
+    out: dict[str, dict] = {}
+    for r in rows:
+        at = out.setdefault(f"f{float(r['fraction'])}", {})
+        if r["condition"] == CLASSICAL:
+            at[CLASSICAL] = _num(r["dice"])
+        else:
+            at[f"{r['condition']} - {CLASSICAL}"] = _num(r[DIFF_COLUMNS[CLASSICAL][0]])
+    return out
+
+
 def _fmt(v, digits: int = 3) -> str:
     """A float with ``digits`` decimals, anything else as ``str``; ``n/a`` for None, NaN, inf."""
     return cell(v, f"{{:.{digits}f}}" if isinstance(v, float) else "{}", empty="n/a", finite=True)
@@ -215,13 +231,16 @@ def results_csv(rows: list[dict]) -> str:
     return csv_text(COLUMNS, [[raw(r[k], finite=True) for k in COLUMNS] for r in rows])
 
 
-OUTPUTS = ("metrics.json", "results.csv", "table.md", "dice_vs_size.png", "forest.png")
+OUTPUTS = (
+    "metrics.json", "headline.json", "results.csv", "table.md", "dice_vs_size.png", "forest.png"
+)  # fmt: skip
 
 
 def write_results(records: list[dict], params: SegmentParams, out_dir: Path) -> list[dict]:
     """Aggregate ``records`` and write ``OUTPUTS`` into ``out_dir`` (each atomically)."""
     rows = aggregate(records, params)
     write_json(out_dir / "metrics.json", metrics_json(rows))
+    write_json(out_dir / "headline.json", headline_json(rows))
     texts = {"results.csv": results_csv(rows), "table.md": table_markdown(rows, params)}
     for name, text in texts.items():
         with atomic_path(out_dir / name) as tmp:
