@@ -24,8 +24,13 @@ from pipeline.report import plots_template
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE_DVC = """#!/bin/sh
-# Stands in for `dvc`: records its arguments and whether the plots page existed at that point.
-if [ -f {page} ]; then echo "page present: $*"; else echo "page missing: $*"; fi > dvc_ran
+# Stands in for `dvc`: records each call's arguments and whether the plots page existed then.
+# `dvc remote default` answers as DVC does: the name and exit 0 only when $FAKE_REMOTE is set.
+if [ "$1 $2" = "remote default" ]; then
+  [ -n "$FAKE_REMOTE" ] && echo "$FAKE_REMOTE" && exit 0
+  echo "ERROR: no default remote set" >&2; exit 251
+fi
+if [ -f {page} ]; then echo "page present: $*"; else echo "page missing: $*"; fi >> dvc_ran
 """
 
 
@@ -81,7 +86,9 @@ def test_make_repro_builds_the_plots_page_first(tmp_path):
         ["make", "repro"], cwd=clone, env=env, capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, f"make repro failed:\n{proc.stdout}\n{proc.stderr}"
-    assert (clone / "dvc_ran").read_text().strip() == "page present: repro"
+    # No default remote: `dvc repro` after the page is built, nothing pushed, and make says so.
+    assert (clone / "dvc_ran").read_text().splitlines() == ["page present: repro"]
+    assert "no default DVC remote, nothing pushed" in proc.stdout
     assert "OHIF viewer is not installed" not in proc.stderr, proc.stderr
     html = page.read_text(encoding="utf-8")
     assert html.count(plots_template.PLACEHOLDER) == 1  # what `dvc plots show` requires
@@ -92,3 +99,15 @@ def test_make_repro_builds_the_plots_page_first(tmp_path):
     assert b"plots-template" not in again.stdout, again.stdout.decode()
     assert b"--install-only" not in again.stdout, again.stdout.decode()
     assert page.stat().st_mtime_ns == before
+
+    # With a default remote (README "Sharing runs"), the finished run is pushed after it.
+    (clone / "dvc_ran").unlink()
+    with_remote = dict(env, FAKE_REMOTE="shared")
+    proc = subprocess.run(
+        ["make", "repro"], cwd=clone, env=with_remote, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, f"make repro failed:\n{proc.stdout}\n{proc.stderr}"
+    assert (clone / "dvc_ran").read_text().splitlines() == [
+        "page present: repro",
+        "page present: push",
+    ]
