@@ -146,7 +146,9 @@ def _draw_panel(ax, panel: ForestPanel, layout: ForestLayout) -> None:
 def render_forest(layout: ForestLayout, level: int = 95) -> Figure:
     """Draw ``layout``: panels side by side sharing the condition axis and the x range."""
     n_rows, n_panels = max(1, len(layout.conditions)), max(1, len(layout.panels))
-    fig = Figure(figsize=(2.6 + 2.5 * n_panels, 1.7 + 0.27 * n_rows), dpi=110, layout="constrained")
+    # At least 6.4 in wide: the one-line title needs it when there is a single panel.
+    width = max(6.4, 2.6 + 2.5 * n_panels)
+    fig = Figure(figsize=(width, 1.7 + 0.27 * n_rows), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, n_panels, sharey=True, sharex=True, squeeze=False)[0]
     if not layout.conditions or not layout.panels:
