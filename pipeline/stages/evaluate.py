@@ -6,10 +6,10 @@ The work and its documentation: :mod:`pipeline.sanity.evaluate`.
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 from common.atomic import write_json
+from pipeline.io.tables import is_missing
 from pipeline.sanity.datasets import DATASETS
 from pipeline.sanity.evaluate import run
 
@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def headline(result: dict) -> dict:
     """``HEADLINE_METRICS`` of ``result``; NaN -> null (``dvc metrics`` rejects NaN)."""
     values = {k: result.get(k) for k in HEADLINE_METRICS}
-    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in values.items()}
+    return {k: None if is_missing(v) else v for k, v in values.items()}
 
 
 def main(args: argparse.Namespace) -> int:
