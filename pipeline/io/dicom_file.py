@@ -79,13 +79,16 @@ def read_dicom(path: Path, *, stop_before_pixels: bool) -> Dataset:
 @contextmanager
 def library_warnings(notes: list[str], source: Path | str) -> Iterator[None]:
     """Capture the ``warnings`` raised inside the block; append each one other than a value
-    warning to ``notes`` as "<source>: <message>" (once per message)."""
+    warning or a ``ResourceWarning`` to ``notes`` as "<source>: <message>" (once per message)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         yield
     for item in caught:
         message = str(item.message)
-        if _VALUE_WARNING.match(message):
+        # A ResourceWarning is raised when the garbage collector finalizes an object some other
+        # code leaked (a TemporaryDirectory, an open file): it can fire inside any block and says
+        # nothing about the file being read.
+        if issubclass(item.category, ResourceWarning) or _VALUE_WARNING.match(message):
             continue
         note = f"{source}: {message}"
         if note not in notes:
