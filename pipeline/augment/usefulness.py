@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import scipy.stats
 
-from pipeline.io.tables import cell, csv_text, is_missing, markdown, raw
+from pipeline.io.tables import cell, csv_text, is_missing, json_number, markdown, raw
 
 # metric -> (label, the sign of rho a useful metric shows: +1 higher is better, -1 lower is)
 METRICS = {
@@ -170,13 +170,12 @@ def run(quality_dir, segment_dir, out_dir, alpha: float = 0.05) -> list[dict]:
         (tmp / "table.md").write_text(table_markdown(rows) + "\n" + reading(rows, alpha) + "\n")
         (tmp / "table.csv").write_text(table_csv(rows))
         (tmp / "points.csv").write_text(points_csv(pts))
-        write_json(tmp / "metrics.json", {r["metric"]: {"rho": _num(r["rho"]), "p": _num(r["p"]),
-                                                         "n": r["n"]} for r in rows})  # fmt: skip
+        metrics = {
+            r["metric"]: {"rho": json_number(r["rho"]), "p": json_number(r["p"]), "n": r["n"]}
+            for r in rows
+        }
+        write_json(tmp / "metrics.json", metrics)
         # The default `dvc exp show` columns: one rho per quality metric (git-tracked).
-        write_json(tmp / "headline.json", {f"rho_{r['metric']}": _num(r["rho"]) for r in rows})
+        headline = {f"rho_{r['metric']}": json_number(r["rho"]) for r in rows}
+        write_json(tmp / "headline.json", headline)
     return rows
-
-
-def _num(v: float) -> float | None:
-    """JSON-safe: NaN -> None (strict JSON readers and ``dvc metrics`` reject NaN)."""
-    return None if is_missing(v, finite=True) else v

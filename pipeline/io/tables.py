@@ -3,7 +3,8 @@
 The pipeline's comparison tables (``gvae tables``, ``gvae ct-quality-report``'s table and
 near-copies, the segmentation ``table.md`` / ``results.csv``) are all written here, so the two
 formats of one table come from one header and one list of rows, and an empty cell means the
-same everywhere: :func:`is_missing` (None or NaN; with ``finite`` also +-inf).
+same everywhere: :func:`is_missing` (None or NaN; with ``finite`` also +-inf). In a JSON
+metrics file the same value is ``null`` (:func:`json_number`).
 
 Markdown: ``| a | b |``, then ``|---|---|``, one line per row, a final newline. CSV: Python's
 ``csv.writer`` (minimal quoting); a full-precision cell is the value itself (:func:`raw`), which
@@ -26,6 +27,12 @@ def is_missing(value: Any, *, finite: bool = False) -> bool:
     if not isinstance(value, float):
         return False
     return not math.isfinite(value) if finite else math.isnan(value)
+
+
+def json_number(value: Any) -> Any:
+    """``value`` for a JSON file, None (``null``) where it :func:`is_missing` with ``finite``:
+    JSON has no NaN or infinity, and ``dvc metrics`` and strict readers reject them."""
+    return None if is_missing(value, finite=True) else value
 
 
 def cell(value: Any, fmt: str = "{}", *, empty: str = "", finite: bool = False) -> str:

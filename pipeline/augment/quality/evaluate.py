@@ -28,7 +28,6 @@ left, the compared set on the right, pancreas masks as red contours).
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from pathlib import Path
@@ -40,6 +39,7 @@ from common.atomic import atomic_dir, write_json
 from pipeline.augment.quality.train_features import NET_NAME
 from pipeline.io.contact_sheet import Panel, spread, write_contact_sheet
 from pipeline.io.shards import INDEX_NAME, load_slices, read_index, same_grid
+from pipeline.io.tables import json_number
 from pipeline.params.quality import QualityParams
 
 METRICS_NAME = "metrics.json"
@@ -220,8 +220,8 @@ def fraction_quality(
 
 
 def _json_safe(metrics: dict[str, Any]) -> dict[str, Any]:
-    """NaN (undefined, e.g. no mask at all) -> null: JSON has no NaN."""
-    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
+    """Undefined values (NaN, e.g. no mask at all) -> null: JSON has no NaN."""
+    return {k: json_number(v) for k, v in metrics.items()}
 
 
 def _load_sets(params: QualityParams, slices_dir: Path, features_dir: Path, synthetic_dir):

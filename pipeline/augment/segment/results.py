@@ -22,7 +22,7 @@ from common.atomic import atomic_path, write_json
 from pipeline.augment.segment.plots import conditional_models, plot_dice_vs_size, plot_forest
 from pipeline.augment.segment.reading import CLASSICAL
 from pipeline.augment.segment.stats import bootstrap_ci, paired_difference
-from pipeline.io.tables import cell, csv_text, is_missing, markdown, raw
+from pipeline.io.tables import cell, csv_text, is_missing, json_number, markdown, raw
 from pipeline.params.segment import CONTROL_KINDS, SegmentParams
 
 BASELINE = "real"
@@ -137,18 +137,13 @@ def aggregate(records: list[dict], params: SegmentParams) -> list[dict]:
     return rows
 
 
-def _num(v):
-    """JSON-safe number: NaN -> None (``dvc metrics`` and strict JSON readers reject NaN)."""
-    return None if is_missing(v, finite=True) else v
-
-
 def metrics_json(rows: list[dict]) -> dict:
     """``{"f1.0": {"real": {"dice": .., "dice_lo": .., ...}, ...}}`` for ``dvc metrics show``."""
     out: dict[str, dict] = {}
     for r in rows:
         keys = [k for k in COLUMNS if k not in ("condition", "fraction")]
         out.setdefault(f"f{float(r['fraction'])}", {})[r["condition"]] = {
-            k: _num(r[k]) for k in keys
+            k: json_number(r[k]) for k in keys
         }
     return out
 
@@ -163,9 +158,9 @@ def headline_json(rows: list[dict]) -> dict:
     for r in rows:
         at = out.setdefault(f"f{float(r['fraction'])}", {})
         if r["condition"] == CLASSICAL:
-            at[CLASSICAL] = _num(r["dice"])
+            at[CLASSICAL] = json_number(r["dice"])
         else:
-            at[f"{r['condition']} - {CLASSICAL}"] = _num(r[DIFF_COLUMNS[CLASSICAL][0]])
+            at[f"{r['condition']} - {CLASSICAL}"] = json_number(r[DIFF_COLUMNS[CLASSICAL][0]])
     return out
 
 
