@@ -220,7 +220,7 @@ def fraction_quality(
 
 
 def _json_safe(metrics: dict[str, Any]) -> dict[str, Any]:
-    """Undefined values (NaN, e.g. no mask at all) -> null: JSON has no NaN."""
+    """Undefined values (NaN, e.g. no mask at all) and infinities -> null: JSON has neither."""
     return {k: json_number(v) for k, v in metrics.items()}
 
 
